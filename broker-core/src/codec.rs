@@ -1,0 +1,382 @@
+//! Wire dialects, sans-IO: bytes of one frame in, a [`Request`] out; [`ServerFrame`]s and
+//! messages in, bytes out. Transports move the bytes; the session logic is shared.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{DecodeError, DecodeErrorKind, ErrorCode};
+use crate::ids::{ChannelName, MessageId};
+use crate::message::{Envelope, Message};
+
+/// The WebSocket subprotocol and QUIC ALPN name of [`JsonCodec`].
+pub const PROTOCOL_V1: &str = "pubsub.v1";
+
+/// One client request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Request {
+    /// The client's opaque request id, echoed in the reply.
+    pub id: Option<String>,
+    /// What is asked.
+    pub kind: RequestKind,
+}
+
+/// What a client asks for.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// Start receiving a channel's messages. The name is validated by the session.
+    Subscribe {
+        /// The channel, as sent.
+        channel: String,
+    },
+    /// Stop receiving a channel's messages.
+    Unsubscribe {
+        /// The channel, as sent.
+        channel: String,
+    },
+    /// Publish one JSON value.
+    Publish {
+        /// The channel, as sent.
+        channel: String,
+        /// The payload, one JSON value as raw bytes.
+        data: Bytes,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping,
+    /// Authenticate on transports without HTTP headers (QUIC).
+    Auth {
+        /// The credential.
+        api_key: Secret,
+    },
+}
+
+/// A credential received on the wire. Its `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A frame the server sends, other than a channel message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// Reply to a subscribe.
+    Subscribed {
+        /// The request id.
+        id: Option<String>,
+        /// The channel.
+        channel: ChannelName,
+    },
+    /// Reply to an unsubscribe.
+    Unsubscribed {
+        /// The request id.
+        id: Option<String>,
+        /// The channel.
+        channel: ChannelName,
+    },
+    /// Reply to a publish: the message is accepted.
+    Published {
+        /// The request id.
+        id: Option<String>,
+        /// The id given to the message.
+        message_id: MessageId,
+    },
+    /// Reply to a ping.
+    Pong {
+        /// The request id.
+        id: Option<String>,
+    },
+    /// Reply to a successful auth.
+    Authed {
+        /// The request id.
+        id: Option<String>,
+    },
+    /// A request failed, or a frame could not be read.
+    Error {
+        /// The request id, when known.
+        id: Option<String>,
+        /// The wire error code.
+        code: ErrorCode,
+        /// A human-readable explanation; never contains a credential.
+        message: String,
+    },
+    /// An administrator ended this subscription.
+    Invalidated {
+        /// The channel.
+        channel: ChannelName,
+    },
+}
+
+/// A wire dialect. Implementations are stateless and shared by all connections.
+pub trait Codec: Send + Sync + fmt::Debug {
+    /// Decodes one client frame.
+    fn decode(&self, frame: &[u8]) -> Result<Request, DecodeError>;
+
+    /// Encodes a reply or notice.
+    fn encode(&self, frame: &ServerFrame) -> Bytes;
+
+    /// Encodes a channel message, ideally once per publish through [`Envelope::encoded`].
+    fn encode_message(&self, envelope: &Envelope) -> Bytes;
+}
+
+/// The `pubsub.v1` JSON dialect, documented in `docs/PROTOCOL.md`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonCodec;
+
+/// The [`Envelope`] encoding slot used by [`JsonCodec`].
+const JSON_SLOT: usize = 0;
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(rename = "type", default)]
+    ty: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(borrow, default, deserialize_with = "present_raw")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    api_key: Option<String>,
+}
+
+/// Keeps an explicit `null` as `Some("null")`, so that only an absent field is "missing".
+fn present_raw<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+impl Codec for JsonCodec {
+    fn decode(&self, frame: &[u8]) -> Result<Request, DecodeError> {
+        let wire: WireRequest<'_> = serde_json::from_slice(frame).map_err(|e| DecodeError {
+            id: None,
+            kind: DecodeErrorKind::Malformed(e.to_string()),
+        })?;
+        let id = wire.id;
+        let fail = |id: Option<String>, kind| Err(DecodeError { id, kind });
+        let Some(ty) = wire.ty else {
+            return fail(id, DecodeErrorKind::MissingField("type"));
+        };
+        let channel = |id: &Option<String>, c: Option<String>| {
+            c.ok_or_else(|| DecodeError {
+                id: id.clone(),
+                kind: DecodeErrorKind::MissingField("channel"),
+            })
+        };
+        let kind = match ty.as_str() {
+            "subscribe" => RequestKind::Subscribe { channel: channel(&id, wire.channel)? },
+            "unsubscribe" => RequestKind::Unsubscribe { channel: channel(&id, wire.channel)? },
+            "publish" => {
+                let channel = channel(&id, wire.channel)?;
+                let Some(data) = wire.data else {
+                    return fail(id, DecodeErrorKind::MissingField("data"));
+                };
+                RequestKind::Publish { channel, data: Bytes::copy_from_slice(data.get().as_bytes()) }
+            }
+            "ping" => RequestKind::Ping,
+            "auth" => match wire.api_key {
+                Some(k) => RequestKind::Auth { api_key: Secret(k) },
+                None => return fail(id, DecodeErrorKind::MissingField("api_key")),
+            },
+            other => {
+                // Echo at most a short prefix of an unknown type: it is client input.
+                let shown: String = other.chars().take(32).collect();
+                return fail(id, DecodeErrorKind::UnknownType(shown));
+            }
+        };
+        Ok(Request { id, kind })
+    }
+
+    fn encode(&self, frame: &ServerFrame) -> Bytes {
+        let mut w = JsonWriter::new(64);
+        match frame {
+            ServerFrame::Subscribed { id, channel } => {
+                w.ty("subscribed").opt_str("id", id).str("channel", channel.as_str());
+            }
+            ServerFrame::Unsubscribed { id, channel } => {
+                w.ty("unsubscribed").opt_str("id", id).str("channel", channel.as_str());
+            }
+            ServerFrame::Published { id, message_id } => {
+                w.ty("published").opt_str("id", id).str("message_id", message_id.as_str());
+            }
+            ServerFrame::Pong { id } => {
+                w.ty("pong").opt_str("id", id);
+            }
+            ServerFrame::Authed { id } => {
+                w.ty("authed").opt_str("id", id);
+            }
+            ServerFrame::Error { id, code, message } => {
+                w.ty("error").opt_str("id", id).str("code", code.as_str()).str("message", message);
+            }
+            ServerFrame::Invalidated { channel } => {
+                w.ty("invalidated").str("channel", channel.as_str());
+            }
+        }
+        w.finish()
+    }
+
+    fn encode_message(&self, envelope: &Envelope) -> Bytes {
+        envelope.encoded(JSON_SLOT, encode_message_json)
+    }
+}
+
+/// `{"type":"message","channel":…,"message_id":…,"origin":…,"data":…}`, with `data` copied
+/// verbatim: it was validated as JSON when it was published.
+pub fn encode_message_json(m: &Message) -> Bytes {
+    let mut w = JsonWriter::new(96 + m.data.len());
+    w.ty("message")
+        .str("channel", m.channel.as_str())
+        .str("message_id", m.id.as_str())
+        .str("origin", m.origin.as_str())
+        .raw("data", &m.data);
+    w.finish()
+}
+
+/// A tiny writer for flat JSON objects; faster than building a `serde_json::Value`.
+struct JsonWriter {
+    buf: Vec<u8>,
+}
+
+impl JsonWriter {
+    fn new(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(b'{');
+        Self { buf }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Self {
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+        self
+    }
+
+    fn ty(&mut self, ty: &str) -> &mut Self {
+        self.str("type", ty)
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        // Writing a &str into a Vec cannot fail.
+        serde_json::to_writer(&mut self.buf, value).expect("string serialisation is infallible");
+        self
+    }
+
+    fn opt_str(&mut self, key: &str, value: &Option<String>) -> &mut Self {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+        self
+    }
+
+    fn raw(&mut self, key: &str, json: &[u8]) -> &mut Self {
+        self.key(key);
+        self.buf.extend_from_slice(json);
+        self
+    }
+
+    fn finish(&mut self) -> Bytes {
+        self.buf.push(b'}');
+        Bytes::from(std::mem::take(&mut self.buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::ids::RegionName;
+
+    fn decode(s: &str) -> Result<Request, DecodeError> {
+        JsonCodec.decode(s.as_bytes())
+    }
+
+    #[test]
+    fn decodes_every_request_type() {
+        let r = decode(r#"{"type":"subscribe","id":"1","channel":"tech"}"#).unwrap();
+        assert_eq!(r.id.as_deref(), Some("1"));
+        assert_eq!(r.kind, RequestKind::Subscribe { channel: "tech".into() });
+        let r = decode(r#"{"type":"unsubscribe","id":"2","channel":"tech"}"#).unwrap();
+        assert_eq!(r.kind, RequestKind::Unsubscribe { channel: "tech".into() });
+        let r = decode(r#"{"type":"publish","id":"3","channel":"tech","data":{"a":[1, 2]}}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            RequestKind::Publish { channel: "tech".into(), data: Bytes::from_static(b"{\"a\":[1, 2]}") }
+        );
+        let r = decode(r#"{"type":"publish","channel":"tech","data":null}"#).unwrap();
+        assert_eq!(r.id, None);
+        assert!(matches!(r.kind, RequestKind::Publish { ref data, .. } if data == "null"));
+        assert_eq!(decode(r#"{"type":"ping","id":"4"}"#).unwrap().kind, RequestKind::Ping);
+        let r = decode(r#"{"type":"auth","id":"a","api_key":"k"}"#).unwrap();
+        assert_eq!(r.kind, RequestKind::Auth { api_key: Secret("k".into()) });
+        assert!(!format!("{r:?}").contains("\"k\""));
+    }
+
+    #[test]
+    fn rejects_bad_frames_keeping_the_id() {
+        let e = decode("not json").unwrap_err();
+        assert_eq!((e.id, matches!(e.kind, DecodeErrorKind::Malformed(_))), (None, true));
+        let e = decode(r#"[1,2]"#).unwrap_err();
+        assert!(matches!(e.kind, DecodeErrorKind::Malformed(_)));
+        let e = decode(r#"{"id":"9"}"#).unwrap_err();
+        assert_eq!(e, DecodeError { id: Some("9".into()), kind: DecodeErrorKind::MissingField("type") });
+        let e = decode(r#"{"type":"dance","id":"9"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::UnknownType("dance".into()));
+        let e = decode(r#"{"type":"publish","id":"9","channel":"tech"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MissingField("data"));
+        let e = decode(r#"{"type":"subscribe","id":"9"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MissingField("channel"));
+        let e = decode(r#"{"type":"subscribe","id":"9","channel":7}"#).unwrap_err();
+        assert!(matches!(e.kind, DecodeErrorKind::Malformed(_)));
+    }
+
+    #[test]
+    fn encodes_frames_as_documented() {
+        let tech = ChannelName::parse("tech").unwrap();
+        let enc = |f: ServerFrame| -> Value { serde_json::from_slice(&JsonCodec.encode(&f)).unwrap() };
+        assert_eq!(
+            enc(ServerFrame::Subscribed { id: Some("1".into()), channel: tech.clone() }),
+            json!({"type":"subscribed","id":"1","channel":"tech"})
+        );
+        assert_eq!(enc(ServerFrame::Pong { id: None }), json!({"type":"pong"}));
+        assert_eq!(
+            enc(ServerFrame::Error {
+                id: Some("q\"x".into()),
+                code: ErrorCode::ChannelNotAllowed,
+                message: "no".into()
+            }),
+            json!({"type":"error","id":"q\"x","code":"channel_not_allowed","message":"no"})
+        );
+        assert_eq!(
+            enc(ServerFrame::Invalidated { channel: tech.clone() }),
+            json!({"type":"invalidated","channel":"tech"})
+        );
+        let env = Envelope::new(Message {
+            channel: ChannelName::parse("a\"b").unwrap(),
+            data: Bytes::from_static(br#"{"text":"hi"}"#),
+            id: MessageId::new("m1"),
+            origin: RegionName::default(),
+        });
+        let first = JsonCodec.encode_message(&env);
+        let v: Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"message","channel":"a\"b","message_id":"m1","origin":"local","data":{"text":"hi"}})
+        );
+        // Encoded once: the second call returns the same allocation.
+        assert_eq!(JsonCodec.encode_message(&env).as_ptr(), first.as_ptr());
+    }
+}

@@ -1,0 +1,85 @@
+//! The replication hook: where a publish goes after it is accepted.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+
+use crate::error::ReplicationError;
+use crate::hub::{Hub, InvalidationFilter};
+use crate::message::Message;
+
+/// Where replicated messages and invalidations land on this node: the fan-out engine.
+pub trait DeliverySink: Send + Sync + fmt::Debug {
+    /// Queues `message` to this node's subscribers; returns how many.
+    fn deliver(&self, message: Message) -> usize;
+    /// Ends this node's subscriptions selected by `filter`; returns how many.
+    fn invalidate(&self, filter: &InvalidationFilter) -> usize;
+}
+
+impl DeliverySink for Hub {
+    fn deliver(&self, message: Message) -> usize {
+        Hub::deliver(self, message)
+    }
+
+    fn invalidate(&self, filter: &InvalidationFilter) -> usize {
+        Hub::invalidate(self, filter)
+    }
+}
+
+/// Carries accepted publishes to every node and region that should deliver them.
+///
+/// Every publish goes through the replicator, and local delivery too comes back through the
+/// [`DeliverySink`] it was attached to: so a replicated broker delivers in the order of its
+/// shared log on every node, and adding a replicator changes no transport code.
+#[async_trait]
+pub trait Replicator: Send + Sync + fmt::Debug {
+    /// Called once by the broker before any publish, with this node's fan-out engine.
+    fn attach(&self, sink: Arc<dyn DeliverySink>);
+
+    /// Makes `message` durable (as far as the backend goes) and arranges its delivery on every
+    /// node, this one included. Returning `Ok` is the publisher's acknowledgement; on `Err`
+    /// nothing may have been delivered anywhere.
+    async fn publish(&self, message: Message) -> Result<(), ReplicationError>;
+
+    /// Sends an invalidation, already applied on this node, to the other nodes and regions.
+    /// By default invalidations stay on this node.
+    async fn invalidate(&self, _filter: &InvalidationFilter) -> Result<(), ReplicationError> {
+        Ok(())
+    }
+}
+
+/// The default: no replication, every publish is delivered on this node at once.
+#[derive(Default)]
+pub struct LocalReplicator {
+    sink: OnceLock<Arc<dyn DeliverySink>>,
+}
+
+impl LocalReplicator {
+    /// A replicator that delivers locally.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Debug for LocalReplicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LocalReplicator")
+    }
+}
+
+#[async_trait]
+impl Replicator for LocalReplicator {
+    fn attach(&self, sink: Arc<dyn DeliverySink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    async fn publish(&self, message: Message) -> Result<(), ReplicationError> {
+        let sink = self
+            .sink
+            .get()
+            .ok_or_else(|| ReplicationError::Internal("replicator used before attach".into()))?;
+        sink.deliver(message);
+        Ok(())
+    }
+}
