@@ -30,7 +30,10 @@ pub struct Principal {
 impl Principal {
     /// A principal with a display id and a role.
     pub fn new(id: impl Into<Arc<str>>, role: Role) -> Self {
-        Self { id: id.into(), role }
+        Self {
+            id: id.into(),
+            role,
+        }
     }
 
     /// The key's name, safe to log.
@@ -61,7 +64,8 @@ impl fmt::Debug for Principal {
 #[async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug {
     /// Resolves `credential` as of `now`. Implementations must not log or echo the credential.
-    async fn authenticate(&self, credential: &str, now: SystemTime) -> Result<Principal, AuthError>;
+    async fn authenticate(&self, credential: &str, now: SystemTime)
+    -> Result<Principal, AuthError>;
 }
 
 /// A fixed set of API keys and admin tokens, compared in constant time.
@@ -141,13 +145,19 @@ impl StaticKeys {
 impl fmt::Debug for StaticKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names and roles only: digests of weak keys could be brute-forced from a log.
-        f.debug_list().entries(self.entries.iter().map(|e| &e.principal)).finish()
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.principal))
+            .finish()
     }
 }
 
 #[async_trait]
 impl Authenticator for StaticKeys {
-    async fn authenticate(&self, credential: &str, now: SystemTime) -> Result<Principal, AuthError> {
+    async fn authenticate(
+        &self,
+        credential: &str,
+        now: SystemTime,
+    ) -> Result<Principal, AuthError> {
         self.lookup(credential, now)
     }
 }

@@ -112,12 +112,16 @@ impl BrokerBuilder {
     pub fn build(self) -> Arc<Broker> {
         let metrics = self.metrics.unwrap_or_default();
         let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
-        let replicator = self.replicator.unwrap_or_else(|| Arc::new(LocalReplicator::new()));
+        let replicator = self
+            .replicator
+            .unwrap_or_else(|| Arc::new(LocalReplicator::new()));
         replicator.attach(hub.clone());
         Arc::new(Broker {
             config: self.config,
             auth: self.auth.unwrap_or_else(|| Arc::new(StaticKeys::new())),
-            policy: self.policy.unwrap_or_else(|| Arc::new(AllowList::default())),
+            policy: self
+                .policy
+                .unwrap_or_else(|| Arc::new(AllowList::default())),
             replicator,
             hub,
             metrics,
@@ -157,7 +161,9 @@ impl Broker {
 
     /// Opens a session for an authenticated principal. Dropping the session disconnects it.
     pub fn connect(self: &Arc<Self>, principal: Principal) -> Session {
-        let conn = self.hub.connect(principal, self.config.limits.outbound_queue);
+        let conn = self
+            .hub
+            .connect(principal, self.config.limits.outbound_queue);
         Session::new(Arc::clone(self), conn)
     }
 
@@ -192,7 +198,10 @@ impl Broker {
         let channel = ChannelName::parse(channel)?;
         let max = self.config.limits.max_payload;
         if data.len() > max {
-            return Err(PublishError::PayloadTooLarge { size: data.len(), max });
+            return Err(PublishError::PayloadTooLarge {
+                size: data.len(),
+                max,
+            });
         }
         if let Err(denied) = self.policy.check_publish(principal, &channel) {
             self.metrics.rejected("publish");
@@ -221,7 +230,12 @@ impl Broker {
             return Err(InvalidateError::Forbidden);
         }
         let local = self.hub.invalidate(&filter);
-        tracing::info!(admin = principal.id(), ?filter, local, "subscriptions invalidated");
+        tracing::info!(
+            admin = principal.id(),
+            ?filter,
+            local,
+            "subscriptions invalidated"
+        );
         self.replicator
             .invalidate(&filter)
             .await

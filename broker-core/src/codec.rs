@@ -173,14 +173,21 @@ impl Codec for JsonCodec {
             })
         };
         let kind = match ty.as_str() {
-            "subscribe" => RequestKind::Subscribe { channel: channel(&id, wire.channel)? },
-            "unsubscribe" => RequestKind::Unsubscribe { channel: channel(&id, wire.channel)? },
+            "subscribe" => RequestKind::Subscribe {
+                channel: channel(&id, wire.channel)?,
+            },
+            "unsubscribe" => RequestKind::Unsubscribe {
+                channel: channel(&id, wire.channel)?,
+            },
             "publish" => {
                 let channel = channel(&id, wire.channel)?;
                 let Some(data) = wire.data else {
                     return fail(id, DecodeErrorKind::MissingField("data"));
                 };
-                RequestKind::Publish { channel, data: Bytes::copy_from_slice(data.get().as_bytes()) }
+                RequestKind::Publish {
+                    channel,
+                    data: Bytes::copy_from_slice(data.get().as_bytes()),
+                }
             }
             "ping" => RequestKind::Ping,
             "auth" => match wire.api_key {
@@ -200,13 +207,19 @@ impl Codec for JsonCodec {
         let mut w = JsonWriter::new(64);
         match frame {
             ServerFrame::Subscribed { id, channel } => {
-                w.ty("subscribed").opt_str("id", id).str("channel", channel.as_str());
+                w.ty("subscribed")
+                    .opt_str("id", id)
+                    .str("channel", channel.as_str());
             }
             ServerFrame::Unsubscribed { id, channel } => {
-                w.ty("unsubscribed").opt_str("id", id).str("channel", channel.as_str());
+                w.ty("unsubscribed")
+                    .opt_str("id", id)
+                    .str("channel", channel.as_str());
             }
             ServerFrame::Published { id, message_id } => {
-                w.ty("published").opt_str("id", id).str("message_id", message_id.as_str());
+                w.ty("published")
+                    .opt_str("id", id)
+                    .str("message_id", message_id.as_str());
             }
             ServerFrame::Pong { id } => {
                 w.ty("pong").opt_str("id", id);
@@ -215,7 +228,10 @@ impl Codec for JsonCodec {
                 w.ty("authed").opt_str("id", id);
             }
             ServerFrame::Error { id, code, message } => {
-                w.ty("error").opt_str("id", id).str("code", code.as_str()).str("message", message);
+                w.ty("error")
+                    .opt_str("id", id)
+                    .str("code", code.as_str())
+                    .str("message", message);
             }
             ServerFrame::Invalidated { channel } => {
                 w.ty("invalidated").str("channel", channel.as_str());
@@ -308,31 +324,62 @@ mod tests {
     fn decodes_every_request_type() {
         let r = decode(r#"{"type":"subscribe","id":"1","channel":"tech"}"#).unwrap();
         assert_eq!(r.id.as_deref(), Some("1"));
-        assert_eq!(r.kind, RequestKind::Subscribe { channel: "tech".into() });
-        let r = decode(r#"{"type":"unsubscribe","id":"2","channel":"tech"}"#).unwrap();
-        assert_eq!(r.kind, RequestKind::Unsubscribe { channel: "tech".into() });
-        let r = decode(r#"{"type":"publish","id":"3","channel":"tech","data":{"a":[1, 2]}}"#).unwrap();
         assert_eq!(
             r.kind,
-            RequestKind::Publish { channel: "tech".into(), data: Bytes::from_static(b"{\"a\":[1, 2]}") }
+            RequestKind::Subscribe {
+                channel: "tech".into()
+            }
+        );
+        let r = decode(r#"{"type":"unsubscribe","id":"2","channel":"tech"}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            RequestKind::Unsubscribe {
+                channel: "tech".into()
+            }
+        );
+        let r =
+            decode(r#"{"type":"publish","id":"3","channel":"tech","data":{"a":[1, 2]}}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            RequestKind::Publish {
+                channel: "tech".into(),
+                data: Bytes::from_static(b"{\"a\":[1, 2]}")
+            }
         );
         let r = decode(r#"{"type":"publish","channel":"tech","data":null}"#).unwrap();
         assert_eq!(r.id, None);
         assert!(matches!(r.kind, RequestKind::Publish { ref data, .. } if data == "null"));
-        assert_eq!(decode(r#"{"type":"ping","id":"4"}"#).unwrap().kind, RequestKind::Ping);
+        assert_eq!(
+            decode(r#"{"type":"ping","id":"4"}"#).unwrap().kind,
+            RequestKind::Ping
+        );
         let r = decode(r#"{"type":"auth","id":"a","api_key":"k"}"#).unwrap();
-        assert_eq!(r.kind, RequestKind::Auth { api_key: Secret("k".into()) });
+        assert_eq!(
+            r.kind,
+            RequestKind::Auth {
+                api_key: Secret("k".into())
+            }
+        );
         assert!(!format!("{r:?}").contains("\"k\""));
     }
 
     #[test]
     fn rejects_bad_frames_keeping_the_id() {
         let e = decode("not json").unwrap_err();
-        assert_eq!((e.id, matches!(e.kind, DecodeErrorKind::Malformed(_))), (None, true));
+        assert_eq!(
+            (e.id, matches!(e.kind, DecodeErrorKind::Malformed(_))),
+            (None, true)
+        );
         let e = decode(r#"[1,2]"#).unwrap_err();
         assert!(matches!(e.kind, DecodeErrorKind::Malformed(_)));
         let e = decode(r#"{"id":"9"}"#).unwrap_err();
-        assert_eq!(e, DecodeError { id: Some("9".into()), kind: DecodeErrorKind::MissingField("type") });
+        assert_eq!(
+            e,
+            DecodeError {
+                id: Some("9".into()),
+                kind: DecodeErrorKind::MissingField("type")
+            }
+        );
         let e = decode(r#"{"type":"dance","id":"9"}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::UnknownType("dance".into()));
         let e = decode(r#"{"type":"publish","id":"9","channel":"tech"}"#).unwrap_err();
@@ -346,9 +393,13 @@ mod tests {
     #[test]
     fn encodes_frames_as_documented() {
         let tech = ChannelName::parse("tech").unwrap();
-        let enc = |f: ServerFrame| -> Value { serde_json::from_slice(&JsonCodec.encode(&f)).unwrap() };
+        let enc =
+            |f: ServerFrame| -> Value { serde_json::from_slice(&JsonCodec.encode(&f)).unwrap() };
         assert_eq!(
-            enc(ServerFrame::Subscribed { id: Some("1".into()), channel: tech.clone() }),
+            enc(ServerFrame::Subscribed {
+                id: Some("1".into()),
+                channel: tech.clone()
+            }),
             json!({"type":"subscribed","id":"1","channel":"tech"})
         );
         assert_eq!(enc(ServerFrame::Pong { id: None }), json!({"type":"pong"}));
@@ -361,7 +412,9 @@ mod tests {
             json!({"type":"error","id":"q\"x","code":"channel_not_allowed","message":"no"})
         );
         assert_eq!(
-            enc(ServerFrame::Invalidated { channel: tech.clone() }),
+            enc(ServerFrame::Invalidated {
+                channel: tech.clone()
+            }),
             json!({"type":"invalidated","channel":"tech"})
         );
         let env = Envelope::new(Message {

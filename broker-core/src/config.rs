@@ -18,7 +18,10 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// The default configuration with another region name.
     pub fn with_region(region: RegionName) -> Self {
-        Self { region, ..Self::default() }
+        Self {
+            region,
+            ..Self::default()
+        }
     }
 }
 
@@ -71,15 +74,21 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     pub(crate) fn new(rate: RateLimit) -> Self {
-        Self { rate, tokens: rate.burst as f64, last: None }
+        Self {
+            rate,
+            tokens: rate.burst as f64,
+            last: None,
+        }
     }
 
     /// Takes one token if there is one at `now`.
     pub(crate) fn try_take(&mut self, now: std::time::Instant) -> bool {
         if let Some(last) = self.last {
-            let elapsed = now.saturating_duration_since(last).min(Duration::from_secs(3600));
-            self.tokens =
-                (self.tokens + elapsed.as_secs_f64() * self.rate.per_second).min(self.rate.burst as f64);
+            let elapsed = now
+                .saturating_duration_since(last)
+                .min(Duration::from_secs(3600));
+            self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate.per_second)
+                .min(self.rate.burst as f64);
         }
         self.last = Some(now);
         if self.tokens >= 1.0 {
@@ -99,7 +108,10 @@ mod tests {
 
     #[test]
     fn token_bucket_allows_burst_then_refills() {
-        let mut b = TokenBucket::new(RateLimit { per_second: 10.0, burst: 3 });
+        let mut b = TokenBucket::new(RateLimit {
+            per_second: 10.0,
+            burst: 3,
+        });
         let t0 = Instant::now();
         assert!(b.try_take(t0) && b.try_take(t0) && b.try_take(t0));
         assert!(!b.try_take(t0));

@@ -205,9 +205,10 @@ impl Connection {
         if st.closing.is_none() {
             // Notices bypass the bound: at most one per subscription, and the connection is
             // about to be closed if it has no subscription left.
-            st.queue.push_back(Outbound::Frame(Box::new(ServerFrame::Invalidated {
-                channel: channel.clone(),
-            })));
+            st.queue
+                .push_back(Outbound::Frame(Box::new(ServerFrame::Invalidated {
+                    channel: channel.clone(),
+                })));
             if st.subscriptions.is_empty() {
                 st.closing = Some(CloseReason::Invalidated);
             }
@@ -304,7 +305,9 @@ impl Hub {
                 return Ok(false);
             }
             if st.subscriptions.len() >= max_subscriptions {
-                return Err(SubscribeError::TooManySubscriptions { max: max_subscriptions });
+                return Err(SubscribeError::TooManySubscriptions {
+                    max: max_subscriptions,
+                });
             }
             st.subscriptions.insert(channel.clone());
         }
@@ -355,7 +358,10 @@ impl Hub {
                 let Some(subscribers) = lock(&self.channels).remove(channel) else {
                     return 0;
                 };
-                subscribers.iter().filter(|c| c.end_subscription(channel)).count()
+                subscribers
+                    .iter()
+                    .filter(|c| c.end_subscription(channel))
+                    .count()
             }
             InvalidationFilter::Principal(id) => {
                 let conns: Vec<_> = lock(&self.connections)

@@ -160,14 +160,25 @@ pub struct MessageIdGen {
 impl MessageIdGen {
     /// A generator with a fresh random node component.
     pub fn new() -> Self {
-        Self { node: random_u64(), counter: AtomicU32::new(0) }
+        Self {
+            node: random_u64(),
+            counter: AtomicU32::new(0),
+        }
     }
 
     /// The next id, stamped with `now`.
     pub fn next_id(&self, now: SystemTime) -> MessageId {
-        let ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        MessageId(Arc::from(format!("{:012x}{:016x}{:08x}", ms & 0xffff_ffff_ffff, self.node, n)))
+        MessageId(Arc::from(format!(
+            "{:012x}{:016x}{:08x}",
+            ms & 0xffff_ffff_ffff,
+            self.node,
+            n
+        )))
     }
 }
 
@@ -193,7 +204,9 @@ pub fn random_u64() -> u64 {
     // The OS random source only fails on exotic platforms at early boot; a clock-derived
     // fallback keeps ids unique enough there rather than refusing to start.
     if getrandom::fill(&mut buf).is_err() {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         return t.as_nanos() as u64 ^ (std::process::id() as u64).rotate_left(32);
     }
     u64::from_le_bytes(buf)
@@ -208,11 +221,20 @@ mod tests {
         assert!(ChannelName::parse("tech").is_ok());
         assert!(ChannelName::parse("a/b:c-d_e.f").is_ok());
         assert_eq!(ChannelName::parse(""), Err(InvalidName::Empty));
-        assert_eq!(ChannelName::parse("has space"), Err(InvalidName::BadCharacter));
+        assert_eq!(
+            ChannelName::parse("has space"),
+            Err(InvalidName::BadCharacter)
+        );
         assert_eq!(ChannelName::parse("tab\t"), Err(InvalidName::BadCharacter));
-        assert_eq!(ChannelName::parse("caf\u{e9}"), Err(InvalidName::BadCharacter));
+        assert_eq!(
+            ChannelName::parse("caf\u{e9}"),
+            Err(InvalidName::BadCharacter)
+        );
         assert!(ChannelName::parse(&"x".repeat(256)).is_ok());
-        assert_eq!(ChannelName::parse(&"x".repeat(257)), Err(InvalidName::TooLong { max: 256 }));
+        assert_eq!(
+            ChannelName::parse(&"x".repeat(257)),
+            Err(InvalidName::TooLong { max: 256 })
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ pub struct Envelope {
 impl Envelope {
     /// Wraps a message.
     pub fn new(message: Message) -> Self {
-        Self { message, encodings: Default::default() }
+        Self {
+            message,
+            encodings: Default::default(),
+        }
     }
 
     /// The message.
@@ -50,6 +53,8 @@ impl Envelope {
     /// # Panics
     /// If `slot >= ENCODING_SLOTS`, which is a bug in the codec, not bad input.
     pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
-        self.encodings[slot].get_or_init(|| encode(&self.message)).clone()
+        self.encodings[slot]
+            .get_or_init(|| encode(&self.message))
+            .clone()
     }
 }

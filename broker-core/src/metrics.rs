@@ -49,9 +49,21 @@ impl Metrics {
             invalidations: Counter::default(),
             slow_consumers: Counter::default(),
         };
-        registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("subscriptions", "Active subscriptions", m.subscriptions.clone());
-        registry.register("messages_published", "Messages accepted for publishing", m.published.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Active subscriptions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Messages accepted for publishing",
+            m.published.clone(),
+        );
         registry.register(
             "messages_delivered",
             "Messages queued to subscribers on this node",
@@ -79,7 +91,10 @@ impl Metrics {
     /// Registers another component's metric (replication lag, transport counters) so that it
     /// appears in [`Metrics::encode`]. `name` gets the `pubsub_` prefix.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(name, help, metric);
     }
 
     /// Everything in the Prometheus text exposition format.
@@ -93,7 +108,9 @@ impl Metrics {
     }
 
     pub(crate) fn rejected(&self, operation: &'static str) {
-        self.rejected.get_or_create(&OperationLabel { operation }).inc();
+        self.rejected
+            .get_or_create(&OperationLabel { operation })
+            .inc();
     }
 }
 

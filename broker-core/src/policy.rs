@@ -33,7 +33,9 @@ pub struct AllowList {
 impl AllowList {
     /// An allow-list of exactly these channels.
     pub fn new(channels: impl IntoIterator<Item = ChannelName>) -> Self {
-        Self { channels: channels.into_iter().collect() }
+        Self {
+            channels: channels.into_iter().collect(),
+        }
     }
 
     /// Whether `channel` is on the list.
@@ -52,7 +54,11 @@ impl AllowList {
 impl Default for AllowList {
     fn default() -> Self {
         // The names are constants known to be valid.
-        Self::new(DEFAULT_CHANNELS.iter().map(|c| ChannelName::parse(c).expect("valid constant")))
+        Self::new(
+            DEFAULT_CHANNELS
+                .iter()
+                .map(|c| ChannelName::parse(c).expect("valid constant")),
+        )
     }
 }
 
@@ -64,7 +70,11 @@ impl fmt::Debug for AllowList {
 
 impl FilterPolicy for AllowList {
     fn check_subscribe(&self, _principal: &Principal, channel: &ChannelName) -> Result<(), Denied> {
-        if self.contains(channel) { Ok(()) } else { Err(Denied::ChannelNotAllowed) }
+        if self.contains(channel) {
+            Ok(())
+        } else {
+            Err(Denied::ChannelNotAllowed)
+        }
     }
 }
 
@@ -73,7 +83,11 @@ impl FilterPolicy for AllowList {
 pub struct AllowAll;
 
 impl FilterPolicy for AllowAll {
-    fn check_subscribe(&self, _principal: &Principal, _channel: &ChannelName) -> Result<(), Denied> {
+    fn check_subscribe(
+        &self,
+        _principal: &Principal,
+        _channel: &ChannelName,
+    ) -> Result<(), Denied> {
         Ok(())
     }
 }
@@ -93,8 +107,14 @@ mod tests {
             assert_eq!(list.check_publish(&p, &c), Ok(()));
         }
         let sports = ChannelName::parse("sports").unwrap();
-        assert_eq!(list.check_publish(&p, &sports), Err(Denied::ChannelNotAllowed));
-        assert_eq!(list.check_subscribe(&p, &sports), Err(Denied::ChannelNotAllowed));
+        assert_eq!(
+            list.check_publish(&p, &sports),
+            Err(Denied::ChannelNotAllowed)
+        );
+        assert_eq!(
+            list.check_subscribe(&p, &sports),
+            Err(Denied::ChannelNotAllowed)
+        );
         assert_eq!(AllowAll.check_publish(&p, &sports), Ok(()));
     }
 }

@@ -21,7 +21,11 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(broker: Arc<Broker>, conn: Arc<Connection>) -> Self {
         let bucket = broker.config().limits.publish_rate.map(TokenBucket::new);
-        Self { broker, conn, bucket }
+        Self {
+            broker,
+            conn,
+            bucket,
+        }
     }
 
     /// The connection whose queue the transport drains.
@@ -49,10 +53,13 @@ impl Session {
         let principal = self.conn.principal().clone();
         let reply = match kind {
             RequestKind::Subscribe { channel } => {
-                match self.broker.check_subscribe(&principal, &channel).and_then(|c| {
-                    let max = self.broker.config().limits.max_subscriptions;
-                    self.broker.hub().subscribe(&self.conn, &c, max).map(|_| c)
-                }) {
+                match self
+                    .broker
+                    .check_subscribe(&principal, &channel)
+                    .and_then(|c| {
+                        let max = self.broker.config().limits.max_subscriptions;
+                        self.broker.hub().subscribe(&self.conn, &c, max).map(|_| c)
+                    }) {
                     Ok(channel) => ServerFrame::Subscribed { id, channel },
                     Err(e) => return self.reply_error(id, &e),
                 }
@@ -88,7 +95,11 @@ impl Session {
 
     /// Queues an error reply.
     pub fn reply_error(&self, id: Option<String>, error: &dyn WireError) {
-        self.conn.send(ServerFrame::Error { id, code: error.code(), message: error.to_string() });
+        self.conn.send(ServerFrame::Error {
+            id,
+            code: error.code(),
+            message: error.to_string(),
+        });
     }
 }
 
@@ -100,6 +111,8 @@ impl Drop for Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("conn", &self.conn).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
     }
 }

@@ -26,21 +26,33 @@ impl Harness {
             .with_admin_token("ops", "admin-1");
         let mut config = BrokerConfig::default();
         config.limits = limits;
-        let broker = Broker::builder().config(config).authenticator(Arc::new(keys.clone())).build();
-        Self { broker, keys, now: Instant::now() }
+        let broker = Broker::builder()
+            .config(config)
+            .authenticator(Arc::new(keys.clone()))
+            .build();
+        Self {
+            broker,
+            keys,
+            now: Instant::now(),
+        }
     }
 
     fn client(&self, key: &str) -> Client {
-        Client { session: self.broker.connect(self.principal(key)) }
+        Client {
+            session: self.broker.connect(self.principal(key)),
+        }
     }
 
     fn principal(&self, key: &str) -> Principal {
-        self.keys.lookup(key, std::time::SystemTime::now()).expect("test key")
+        self.keys
+            .lookup(key, std::time::SystemTime::now())
+            .expect("test key")
     }
 
-
     async fn send(&self, c: &mut Client, frame: Value) {
-        c.session.handle_frame(&JsonCodec, frame.to_string().as_bytes(), self.now).await;
+        c.session
+            .handle_frame(&JsonCodec, frame.to_string().as_bytes(), self.now)
+            .await;
     }
 }
 
@@ -67,7 +79,10 @@ impl Client {
     }
 
     fn messages(&self) -> Vec<Value> {
-        self.frames().into_iter().filter(|f| f["type"] == "message").collect()
+        self.frames()
+            .into_iter()
+            .filter(|f| f["type"] == "message")
+            .collect()
     }
 }
 
@@ -87,13 +102,17 @@ async fn every_subscriber_gets_each_message_once_including_the_publisher() {
         h.send(c, sub("tech")).await;
         h.send(c, sub("tech")).await; // idempotent
         let frames = c.frames();
-        assert_eq!(frames, vec![json!({"type":"subscribed","id":"s","channel":"tech"}); 2]);
+        assert_eq!(
+            frames,
+            vec![json!({"type":"subscribed","id":"s","channel":"tech"}); 2]
+        );
     }
     let mut bystander = h.client("key-2");
     h.send(&mut bystander, sub("cars")).await;
     bystander.frames();
 
-    h.send(&mut subs[0], publish("tech", json!({"text":"hello"}))).await;
+    h.send(&mut subs[0], publish("tech", json!({"text":"hello"})))
+        .await;
     let first = subs[0].frames();
     assert_eq!(first.len(), 2);
     let published = first.iter().find(|f| f["type"] == "published").unwrap();
@@ -161,11 +180,25 @@ async fn unsubscribe_stops_delivery_and_is_idempotent() {
     let h = Harness::new(Limits::default());
     let mut c = h.client("key-1");
     h.send(&mut c, sub("tech")).await;
-    h.send(&mut c, json!({"type":"unsubscribe","id":"u","channel":"tech"})).await;
-    h.send(&mut c, json!({"type":"unsubscribe","id":"u2","channel":"tech"})).await;
+    h.send(
+        &mut c,
+        json!({"type":"unsubscribe","id":"u","channel":"tech"}),
+    )
+    .await;
+    h.send(
+        &mut c,
+        json!({"type":"unsubscribe","id":"u2","channel":"tech"}),
+    )
+    .await;
     let frames = c.frames();
-    assert_eq!(frames[1], json!({"type":"unsubscribed","id":"u","channel":"tech"}));
-    assert_eq!(frames[2], json!({"type":"unsubscribed","id":"u2","channel":"tech"}));
+    assert_eq!(
+        frames[1],
+        json!({"type":"unsubscribed","id":"u","channel":"tech"})
+    );
+    assert_eq!(
+        frames[2],
+        json!({"type":"unsubscribed","id":"u2","channel":"tech"})
+    );
     h.send(&mut c, publish("tech", json!(1))).await;
     assert!(c.messages().is_empty());
 }
@@ -186,13 +219,18 @@ async fn invalidation_is_admin_only_and_closes_exactly_the_emptied_connections()
     let tech = ChannelName::parse("tech").unwrap();
     let client = only_tech.session.connection().principal().clone();
     assert_eq!(
-        h.broker.invalidate(&client, InvalidationFilter::Channel(tech.clone())).await,
+        h.broker
+            .invalidate(&client, InvalidationFilter::Channel(tech.clone()))
+            .await,
         Err(InvalidateError::Forbidden)
     );
     assert_eq!(only_tech.session.connection().closing(), None);
 
     let admin = h.principal("admin-1");
-    let ended = h.broker.invalidate(&admin, InvalidationFilter::Channel(tech.clone())).await;
+    let ended = h
+        .broker
+        .invalidate(&admin, InvalidationFilter::Channel(tech.clone()))
+        .await;
     assert_eq!(ended, Ok(2));
 
     let (frames, close) = only_tech.drain();
@@ -208,7 +246,12 @@ async fn invalidation_is_admin_only_and_closes_exactly_the_emptied_connections()
     h.send(&mut only_cars, publish("cars", json!(2))).await;
     assert_eq!(tech_and_cars.messages().len(), 1);
     assert_eq!(h.broker.metrics().invalidations.get(), 2);
-    assert_eq!(h.broker.invalidate(&admin, InvalidationFilter::Channel(tech)).await, Ok(0));
+    assert_eq!(
+        h.broker
+            .invalidate(&admin, InvalidationFilter::Channel(tech))
+            .await,
+        Ok(0)
+    );
 }
 
 #[tokio::test]
@@ -220,16 +263,30 @@ async fn invalidation_by_principal_ends_only_that_principals_subscriptions() {
     h.send(&mut a, sub("cars")).await;
     h.send(&mut b, sub("tech")).await;
     let admin = h.principal("admin-1");
-    let ended = h.broker.invalidate(&admin, InvalidationFilter::Principal("app".into())).await;
+    let ended = h
+        .broker
+        .invalidate(&admin, InvalidationFilter::Principal("app".into()))
+        .await;
     assert_eq!(ended, Ok(2));
-    assert_eq!(a.session.connection().closing(), Some(CloseReason::Invalidated));
+    assert_eq!(
+        a.session.connection().closing(),
+        Some(CloseReason::Invalidated)
+    );
     assert_eq!(b.session.connection().closing(), None);
-    assert_eq!(h.broker.hub().subscriber_count(&ChannelName::parse("tech").unwrap()), 1);
+    assert_eq!(
+        h.broker
+            .hub()
+            .subscriber_count(&ChannelName::parse("tech").unwrap()),
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_without_slowing_the_others() {
-    let h = Harness::new(Limits { outbound_queue: 4, ..Limits::default() });
+    let h = Harness::new(Limits {
+        outbound_queue: 4,
+        ..Limits::default()
+    });
     let mut slow = h.client("key-1");
     let mut fast = h.client("key-1");
     let mut publisher = h.client("key-2");
@@ -243,7 +300,10 @@ async fn a_slow_consumer_is_closed_without_slowing_the_others() {
         received += fast.messages().len();
     }
     assert_eq!(received, 10);
-    assert_eq!(slow.session.connection().closing(), Some(CloseReason::SlowConsumer));
+    assert_eq!(
+        slow.session.connection().closing(),
+        Some(CloseReason::SlowConsumer)
+    );
     assert_eq!(h.broker.metrics().slow_consumers.get(), 1);
     assert!(publisher.frames().iter().all(|f| f["type"] == "published"));
 }
@@ -254,7 +314,10 @@ async fn limits_are_enforced_with_the_request_id() {
         max_subscriptions: 2,
         max_payload: 16,
         // A refused publish still spends a token, so spamming refused frames is limited too.
-        publish_rate: Some(RateLimit { per_second: 1.0, burst: 3 }),
+        publish_rate: Some(RateLimit {
+            per_second: 1.0,
+            burst: 3,
+        }),
         ..Limits::default()
     });
     let mut c = h.client("key-1");
@@ -269,7 +332,11 @@ async fn limits_are_enforced_with_the_request_id() {
     h.send(&mut c, publish("tech", json!(1))).await;
     h.send(&mut c, publish("tech", json!(2))).await;
     h.send(&mut c, publish("tech", json!(3))).await;
-    let errors: Vec<_> = c.frames().into_iter().filter(|f| f["type"] == "error").collect();
+    let errors: Vec<_> = c
+        .frames()
+        .into_iter()
+        .filter(|f| f["type"] == "error")
+        .collect();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["code"], "rate_limited");
 }
@@ -280,13 +347,20 @@ async fn bad_frames_get_errors_and_the_session_stays_usable() {
     let mut c = h.client("key-1");
     c.session.handle_frame(&JsonCodec, b"{nope", h.now).await;
     h.send(&mut c, json!({"type":"teleport","id":"7"})).await;
-    h.send(&mut c, json!({"type":"publish","id":"8","channel":"tech"})).await;
+    h.send(&mut c, json!({"type":"publish","id":"8","channel":"tech"}))
+        .await;
     h.send(&mut c, json!({"type":"ping","id":"9"})).await;
     let frames = c.frames();
     assert_eq!(frames[0]["code"], "bad_request");
     assert!(frames[0].get("id").is_none());
-    assert_eq!((&frames[1]["code"], &frames[1]["id"]), (&json!("bad_request"), &json!("7")));
-    assert_eq!((&frames[2]["code"], &frames[2]["id"]), (&json!("bad_request"), &json!("8")));
+    assert_eq!(
+        (&frames[1]["code"], &frames[1]["id"]),
+        (&json!("bad_request"), &json!("7"))
+    );
+    assert_eq!(
+        (&frames[2]["code"], &frames[2]["id"]),
+        (&json!("bad_request"), &json!("8"))
+    );
     assert_eq!(frames[3], json!({"type":"pong","id":"9"}));
 }
 
@@ -306,10 +380,16 @@ async fn dropping_a_session_removes_its_subscriptions() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_replies_is_cut_off() {
-    let h = Harness::new(Limits { outbound_queue: 2, ..Limits::default() });
+    let h = Harness::new(Limits {
+        outbound_queue: 2,
+        ..Limits::default()
+    });
     let mut c = h.client("key-1");
     for _ in 0..(2 + hub::CONTROL_SLACK + 1) {
         h.send(&mut c, json!({"type":"ping"})).await;
     }
-    assert_eq!(c.session.connection().closing(), Some(CloseReason::SlowConsumer));
+    assert_eq!(
+        c.session.connection().closing(),
+        Some(CloseReason::SlowConsumer)
+    );
 }

@@ -1,0 +1,419 @@
+//! The standalone broker's settings: a TOML file, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use broker_core::{ChannelName, Limits, RateLimit, RegionName, StaticKeys};
+use clap::Parser;
+use serde::Deserialize;
+use transport_ws::WsConfig;
+
+/// Command-line flags. Every flag overrides the same setting of the config file.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "broker",
+    version,
+    about = "Multi-region pub/sub broker (WebSocket + HTTP)"
+)]
+pub struct Cli {
+    /// TOML config file (see examples/broker.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Client API key (repeatable). With no key and no token, one of each is generated.
+    #[arg(long = "api-key", value_name = "K")]
+    pub api_keys: Vec<String>,
+    /// Admin token (repeatable): may invalidate subscriptions.
+    #[arg(long = "admin-token", value_name = "T")]
+    pub admin_tokens: Vec<String>,
+    /// Allowed channels, comma-separated [default: cars,robots,tech,music,media].
+    #[arg(long, value_delimiter = ',', conflicts_with = "allow_all_channels")]
+    pub channels: Option<Vec<String>>,
+    /// Allow every well-formed channel name.
+    #[arg(long)]
+    pub allow_all_channels: bool,
+    /// This broker's region, stamped on every message as its origin [default: local].
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+}
+
+/// The config file. Every field is optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// This broker's region.
+    pub region: Option<String>,
+    /// Allowed channels.
+    pub channels: Option<Vec<String>>,
+    /// Allow every well-formed channel.
+    #[serde(default)]
+    pub allow_all_channels: bool,
+    /// Client API keys: a string, or a table with `key`, `name` and `expires` (RFC 3339).
+    #[serde(default)]
+    pub api_keys: Vec<KeySpec>,
+    /// Admin tokens.
+    #[serde(default)]
+    pub admin_tokens: Vec<String>,
+    /// Broker limits.
+    #[serde(default)]
+    pub limits: FileLimits,
+    /// WebSocket front end settings.
+    #[serde(default)]
+    pub websocket: FileWebSocket,
+}
+
+/// An API key in the config file.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum KeySpec {
+    /// Just the key.
+    Plain(String),
+    /// A key with a name for logs and an optional expiry.
+    Full {
+        /// The secret.
+        key: String,
+        /// Shown in logs instead of the key.
+        name: Option<String>,
+        /// RFC 3339 time after which the key is refused.
+        expires: Option<String>,
+    },
+}
+
+/// `[limits]` in the config file; see `broker_core::Limits` for defaults.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest payload in bytes.
+    pub max_payload: Option<usize>,
+    /// Subscriptions per connection.
+    pub max_subscriptions: Option<usize>,
+    /// Messages queued per connection before it is closed as a slow consumer.
+    pub outbound_queue: Option<usize>,
+    /// Publishes per second per connection (unlimited when absent).
+    pub publish_rate: Option<f64>,
+    /// Publish burst per connection [default: the rate, at least 1].
+    pub publish_burst: Option<u32>,
+}
+
+/// `[websocket]` in the config file; see `transport_ws::WsConfig` for defaults.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebSocket {
+    /// Idle time before the server pings, e.g. "20s".
+    pub ping_interval: Option<String>,
+    /// Silence after a ping before the connection is dropped, e.g. "20s".
+    pub pong_timeout: Option<String>,
+    /// Largest frame or HTTP body in bytes.
+    pub max_frame_size: Option<usize>,
+    /// Most simultaneous connections.
+    pub max_connections: Option<usize>,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a bad value.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with it (never the value of a secret).
+        reason: String,
+    },
+}
+
+/// Everything the binary needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Region.
+    pub region: RegionName,
+    /// Allowed channels; `None` allows all.
+    pub channels: Option<Vec<ChannelName>>,
+    /// Credentials.
+    pub keys: StaticKeys,
+    /// Keys generated at start, to print: (api key, admin token).
+    pub generated: Option<(String, String)>,
+    /// Broker limits.
+    pub limits: Limits,
+    /// WebSocket settings.
+    pub websocket: WsConfig,
+}
+
+impl Cli {
+    /// Reads the config file, if any, and applies the flags on top.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load(path)?,
+            None => FileConfig::default(),
+        };
+        merge(self, file)
+    }
+}
+
+fn load(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.clone(),
+        source: Box::new(source),
+    })
+}
+
+/// Combines flags and file; flags win.
+pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+    let region = cli.region.or(file.region).unwrap_or_else(|| "local".into());
+    let region = RegionName::parse(&region).map_err(|e| ConfigError::Invalid {
+        setting: "region",
+        reason: e.to_string(),
+    })?;
+
+    let channels = if cli.allow_all_channels || (cli.channels.is_none() && file.allow_all_channels)
+    {
+        None
+    } else {
+        let names = cli.channels.or(file.channels).unwrap_or_else(|| {
+            broker_core::DEFAULT_CHANNELS
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        });
+        let parsed = names
+            .iter()
+            .map(|n| ChannelName::parse(n.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid {
+                setting: "channels",
+                reason: e.to_string(),
+            })?;
+        Some(parsed)
+    };
+
+    let mut keys = StaticKeys::new();
+    let mut api_keys: Vec<KeySpec> = cli.api_keys.into_iter().map(KeySpec::Plain).collect();
+    if api_keys.is_empty() {
+        api_keys = file.api_keys;
+    }
+    let admin_tokens = if cli.admin_tokens.is_empty() {
+        file.admin_tokens
+    } else {
+        cli.admin_tokens
+    };
+    for (i, spec) in api_keys.iter().enumerate() {
+        let (key, name, expires) = match spec {
+            KeySpec::Plain(k) => (k, None, None),
+            KeySpec::Full { key, name, expires } => (key, name.clone(), expires.as_deref()),
+        };
+        if key.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "api_keys",
+                reason: "empty key".into(),
+            });
+        }
+        let expires = expires
+            .map(|e| {
+                humantime::parse_rfc3339_weak(e).map_err(|err| ConfigError::Invalid {
+                    setting: "api_keys.expires",
+                    reason: err.to_string(),
+                })
+            })
+            .transpose()?;
+        let name = name.unwrap_or_else(|| format!("api-key-{}", i + 1));
+        keys = keys.with_api_key(&name, key, expires);
+    }
+    for (i, token) in admin_tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "admin_tokens",
+                reason: "empty token".into(),
+            });
+        }
+        keys = keys.with_admin_token(&format!("admin-{}", i + 1), token);
+    }
+    let generated = if keys.is_empty() {
+        let (key, token) = (random_secret("key")?, random_secret("admin")?);
+        keys = keys
+            .with_api_key("generated-key", &key, None)
+            .with_admin_token("generated-admin", &token);
+        Some((key, token))
+    } else {
+        None
+    };
+
+    let mut limits = Limits::default();
+    let fl = file.limits;
+    if let Some(v) = fl.max_payload {
+        limits.max_payload = v;
+    }
+    if let Some(v) = fl.max_subscriptions {
+        limits.max_subscriptions = v;
+    }
+    if let Some(v) = fl.outbound_queue {
+        limits.outbound_queue = v.max(1);
+    }
+    if let Some(rate) = fl.publish_rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(ConfigError::Invalid {
+                setting: "limits.publish_rate",
+                reason: "must be a positive number".into(),
+            });
+        }
+        let burst = fl.publish_burst.unwrap_or(rate.ceil() as u32).max(1);
+        limits.publish_rate = Some(RateLimit {
+            per_second: rate,
+            burst,
+        });
+    }
+
+    let mut websocket = WsConfig::default();
+    let fw = file.websocket;
+    if let Some(v) = fw.ping_interval {
+        websocket.ping_interval = duration("websocket.ping_interval", &v)?;
+    }
+    if let Some(v) = fw.pong_timeout {
+        websocket.pong_timeout = duration("websocket.pong_timeout", &v)?;
+    }
+    if let Some(v) = fw.max_frame_size {
+        websocket.max_frame_size = v;
+    }
+    if let Some(v) = fw.max_connections {
+        websocket.max_connections = v;
+    }
+    if websocket.max_frame_size < limits.max_payload {
+        websocket.max_frame_size = limits.max_payload + 4096;
+    }
+
+    Ok(Settings {
+        listen,
+        region,
+        channels,
+        keys,
+        generated,
+        limits,
+        websocket,
+    })
+}
+
+fn duration(setting: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
+        setting,
+        reason: e.to_string(),
+    })
+}
+
+/// A fresh 128-bit secret, hex-encoded, with a readable prefix. Fails rather than make a
+/// guessable key when the OS has no random source.
+pub fn random_secret(prefix: &str) -> Result<String, ConfigError> {
+    let mut buf = [0u8; 16];
+    getrandom::fill(&mut buf).map_err(|e| ConfigError::Invalid {
+        setting: "api_keys",
+        reason: format!("none given and no OS randomness to generate one ({e})"),
+    })?;
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{hex}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_generate_keys_and_use_the_five_channels() {
+        let s = merge(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.region.as_str(), "local");
+        assert_eq!(s.channels.unwrap().len(), 5);
+        let (key, token) = s.generated.unwrap();
+        assert_ne!(key, token);
+        assert_eq!(s.keys.len(), 2);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = file(
+            r#"
+            listen = "127.0.0.1:9000"
+            region = "eu"
+            channels = ["a", "b"]
+            api_keys = ["k1", { key = "k2", name = "mobile", expires = "2099-01-01T00:00:00Z" }]
+            admin_tokens = ["t1"]
+            [limits]
+            max_payload = 1000
+            publish_rate = 5
+            [websocket]
+            ping_interval = "5s"
+            "#,
+        );
+        let cli = Cli {
+            region: Some("us".into()),
+            allow_all_channels: true,
+            ..Cli::default()
+        };
+        let s = merge(cli, f).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.region.as_str(), "us");
+        assert!(s.channels.is_none());
+        assert!(s.generated.is_none());
+        assert_eq!(s.keys.len(), 3);
+        let now = SystemTime::now();
+        assert_eq!(s.keys.lookup("k2", now).unwrap().id(), "mobile");
+        assert!(s.keys.lookup("t1", now).unwrap().is_admin());
+        assert_eq!(s.limits.max_payload, 1000);
+        assert_eq!(
+            s.limits.publish_rate,
+            Some(RateLimit {
+                per_second: 5.0,
+                burst: 5
+            })
+        );
+        assert_eq!(s.websocket.ping_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_settings_are_reported_without_secrets() {
+        let f = file(r#"api_keys = [{ key = "hunter2", expires = "soon" }]"#);
+        let err = merge(Cli::default(), f).unwrap_err().to_string();
+        assert!(err.contains("api_keys.expires"), "{err}");
+        assert!(!err.contains("hunter2"));
+        let cli = Cli {
+            channels: Some(vec!["ok".into(), "not ok".into()]),
+            ..Cli::default()
+        };
+        assert!(merge(cli, FileConfig::default()).is_err());
+        assert!(toml::from_str::<FileConfig>("unknown = 1").is_err());
+    }
+}
