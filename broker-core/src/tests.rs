@@ -24,8 +24,10 @@ impl Harness {
             .with_api_key("app", "key-1", None)
             .with_api_key("other", "key-2", None)
             .with_admin_token("ops", "admin-1");
-        let mut config = BrokerConfig::default();
-        config.limits = limits;
+        let config = BrokerConfig {
+            limits,
+            ..BrokerConfig::default()
+        };
         let broker = Broker::builder()
             .config(config)
             .authenticator(Arc::new(keys.clone()))
