@@ -2,3 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+
+/// Compiles and runs the README's Rust examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

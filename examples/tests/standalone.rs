@@ -1,0 +1,187 @@
+//! The standalone binary as a newcomer runs it: generated keys, the seed's scenario, Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+struct Running {
+    child: Child,
+    addr: String,
+    key: String,
+    admin: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `broker --listen 127.0.0.1:0` and reads the address and generated keys it prints.
+fn start() -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start broker");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut key, mut admin) = (None, None, None);
+    while addr.is_none() || key.is_none() || admin.is_none() {
+        let line = lines.next().expect("broker exited early").unwrap();
+        let last = line.split_whitespace().last().unwrap_or("").to_owned();
+        if line.starts_with("broker listening on http://") {
+            addr = line
+                .split_whitespace()
+                .nth(3)
+                .map(|u| u.trim_start_matches("http://").to_owned());
+        } else if line.contains("generated api key") {
+            key = Some(last);
+        } else if line.contains("generated admin token") {
+            admin = Some(last);
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        addr: addr.unwrap(),
+        key: key.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: &str, key: &str) -> Ws {
+    let req = format!("ws://{addr}/ws?api_key={key}")
+        .into_client_request()
+        .unwrap();
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+async fn recv(ws: &mut Ws) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+async fn recv_json(ws: &mut Ws) -> Value {
+    match recv(ws).await {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_seed_scenario_against_the_binary() {
+    let b = start();
+    let mut alice = connect(&b.addr, &b.key).await;
+    let mut bob = connect(&b.addr, &b.key).await;
+    for ws in [&mut alice, &mut bob] {
+        send(ws, json!({"type":"subscribe","id":"1","channel":"tech"})).await;
+        assert_eq!(recv_json(ws).await["type"], "subscribed");
+    }
+    send(
+        &mut alice,
+        json!({"type":"publish","id":"2","channel":"tech","data":{"text":"hi"}}),
+    )
+    .await;
+    let m = recv_json(&mut bob).await;
+    assert_eq!(
+        (m["type"].as_str(), m["data"]["text"].as_str()),
+        (Some("message"), Some("hi"))
+    );
+
+    send(
+        &mut alice,
+        json!({"type":"publish","id":"3","channel":"sports","data":1}),
+    )
+    .await;
+    let mut codes = vec![];
+    for _ in 0..3 {
+        let f = recv_json(&mut alice).await;
+        codes.push(
+            f["code"]
+                .as_str()
+                .unwrap_or(f["type"].as_str().unwrap())
+                .to_owned(),
+        );
+    }
+    codes.sort();
+    assert_eq!(codes, ["channel_not_allowed", "message", "published"]);
+
+    // The administrator (and only the administrator) closes the channel's subscriptions.
+    let client = admin_post(&b.addr, &b.key, r#"{"channel":"tech"}"#).await;
+    assert!(client.starts_with("HTTP/1.1 403"), "{client}");
+    let admin = admin_post(&b.addr, &b.admin, r#"{"channel":"tech"}"#).await;
+    assert!(
+        admin.starts_with("HTTP/1.1 200") && admin.contains(r#""invalidated":2"#),
+        "{admin}"
+    );
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(
+            recv_json(ws).await,
+            json!({"type":"invalidated","channel":"tech"})
+        );
+        match recv(ws).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4001),
+            other => panic!("expected close 4001, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_drains_connections_with_1001_and_exits_cleanly() {
+    let mut b = start();
+    let mut ws = connect(&b.addr, &b.key).await;
+    send(&mut ws, json!({"type":"ping","id":"x"})).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "pong");
+    let status = Command::new("kill")
+        .args(["-INT", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match recv(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let exit = tokio::task::spawn_blocking(move || {
+        let s = b.child.wait().unwrap();
+        (s, b)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// A raw HTTP/1.1 POST to /admin/unsubscribe with a bearer token; returns the whole response.
+async fn admin_post(addr: &str, token: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /admin/unsubscribe HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
