@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use broker_core::{ChannelName, Limits, RateLimit, RegionName, StaticKeys};
 use clap::Parser;
+use replication_redis::{InvalidationScope, RedisReplicationConfig, Retention};
 use serde::Deserialize;
 use transport_ws::WsConfig;
 
@@ -38,6 +39,16 @@ pub struct Cli {
     /// This broker's region, stamped on every message as its origin [default: local].
     #[arg(long, value_name = "NAME")]
     pub region: Option<String>,
+    /// This region's Redis (e.g. redis://127.0.0.1:6379): replicate through Redis Streams to
+    /// the other nodes of the region and to peer regions. Without it the broker is in-process.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// A remote region and its Redis, as NAME=URL (repeatable).
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
+    /// This node's id within the region [default: random].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 /// The config file. Every field is optional.
@@ -65,6 +76,34 @@ pub struct FileConfig {
     /// WebSocket front end settings.
     #[serde(default)]
     pub websocket: FileWebSocket,
+    /// This region's Redis URL; enables replication.
+    pub redis: Option<String>,
+    /// Remote regions: name = Redis URL.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// This node's id within the region.
+    pub node_id: Option<String>,
+    /// `global` (default) or `regional`: where an admin's invalidation applies.
+    pub invalidation: Option<String>,
+    /// Replication tuning.
+    #[serde(default)]
+    pub replication: FileReplication,
+}
+
+/// `[replication]` in the config file; see `replication_redis::RedisReplicationConfig`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplication {
+    /// Keep about this many entries per region stream.
+    pub retention_max_len: Option<u64>,
+    /// Or keep about this long, e.g. "24h" (overrides `retention_max_len`).
+    pub retention_max_age: Option<String>,
+    /// Message ids remembered per node for de-duplication.
+    pub dedup_window: Option<usize>,
+    /// Longest blocking read, e.g. "1s".
+    pub block: Option<String>,
+    /// Per-command timeout, e.g. "2s".
+    pub command_timeout: Option<String>,
 }
 
 /// An API key in the config file.
@@ -160,6 +199,8 @@ pub struct Settings {
     pub limits: Limits,
     /// WebSocket settings.
     pub websocket: WsConfig,
+    /// Redis replication, when configured.
+    pub replication: Option<RedisReplicationConfig>,
 }
 
 impl Cli {
@@ -311,6 +352,16 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         websocket.max_frame_size = limits.max_payload + 4096;
     }
 
+    let replication = replication(
+        &region,
+        cli.redis.or(file.redis),
+        cli.peers,
+        file.peers,
+        cli.node_id.or(file.node_id),
+        file.invalidation,
+        file.replication,
+    )?;
+
     Ok(Settings {
         listen,
         region,
@@ -319,7 +370,85 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         generated,
         limits,
         websocket,
+        replication,
     })
+}
+
+/// The replication settings, when this region's Redis is given.
+fn replication(
+    region: &RegionName,
+    redis: Option<String>,
+    cli_peers: Vec<String>,
+    file_peers: std::collections::BTreeMap<String, String>,
+    node_id: Option<String>,
+    invalidation: Option<String>,
+    tuning: FileReplication,
+) -> Result<Option<RedisReplicationConfig>, ConfigError> {
+    let has_peers = !cli_peers.is_empty() || !file_peers.is_empty();
+    let Some(url) = redis else {
+        if has_peers {
+            return Err(ConfigError::Invalid {
+                setting: "peer",
+                reason: "peers need this region's Redis too (--redis)".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let mut config = RedisReplicationConfig::new(region.clone(), url);
+    let mut peers: Vec<(String, String)> = Vec::new();
+    if cli_peers.is_empty() {
+        peers.extend(file_peers);
+    } else {
+        for p in cli_peers {
+            let (name, url) = p.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                setting: "peer",
+                reason: "expected NAME=URL".into(),
+            })?;
+            peers.push((name.trim().to_owned(), url.trim().to_owned()));
+        }
+    }
+    for (name, url) in peers {
+        let name = RegionName::parse(&name).map_err(|e| ConfigError::Invalid {
+            setting: "peer",
+            reason: e.to_string(),
+        })?;
+        if &name == region {
+            return Err(ConfigError::Invalid {
+                setting: "peer",
+                reason: format!("{name} is this broker's own region"),
+            });
+        }
+        config = config.peer(name, url);
+    }
+    if let Some(id) = node_id {
+        config.node_id = id;
+    }
+    config.invalidation = match invalidation.as_deref() {
+        None | Some("global") => InvalidationScope::Global,
+        Some("regional") => InvalidationScope::Regional,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                setting: "invalidation",
+                reason: format!("{other:?}: expected \"global\" or \"regional\""),
+            });
+        }
+    };
+    if let Some(n) = tuning.retention_max_len {
+        config.retention = Retention::MaxLen(n);
+    }
+    if let Some(age) = tuning.retention_max_age {
+        config.retention = Retention::MaxAge(duration("replication.retention_max_age", &age)?);
+    }
+    if let Some(n) = tuning.dedup_window {
+        config.dedup_window = n;
+    }
+    if let Some(v) = tuning.block {
+        config.block = duration("replication.block", &v)?;
+    }
+    if let Some(v) = tuning.command_timeout {
+        config.command_timeout = duration("replication.command_timeout", &v)?;
+    }
+    Ok(Some(config))
 }
 
 fn duration(setting: &'static str, v: &str) -> Result<Duration, ConfigError> {
@@ -401,6 +530,52 @@ mod tests {
             })
         );
         assert_eq!(s.websocket.ping_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn replication_settings() {
+        let s = merge(Cli::default(), FileConfig::default()).unwrap();
+        assert!(s.replication.is_none());
+        let cli = Cli {
+            region: Some("eu".into()),
+            redis: Some("redis://127.0.0.1:7000".into()),
+            peers: vec![
+                "us=redis://127.0.0.1:7001".into(),
+                "ap=redis://127.0.0.1:7002".into(),
+            ],
+            node_id: Some("eu-1".into()),
+            ..Cli::default()
+        };
+        let f = file("invalidation = \"regional\"\n[replication]\nretention_max_age = \"1h\"");
+        let r = merge(cli, f).unwrap().replication.unwrap();
+        assert_eq!(r.region.as_str(), "eu");
+        assert_eq!(r.node_id, "eu-1");
+        assert_eq!(r.peers.len(), 2);
+        assert_eq!(r.invalidation, InvalidationScope::Regional);
+        assert_eq!(r.retention, Retention::MaxAge(Duration::from_secs(3600)));
+
+        let f = file("redis = \"redis://x\"\n[peers]\nus = \"redis://y\"");
+        let r = merge(
+            Cli {
+                region: Some("eu".into()),
+                ..Cli::default()
+            },
+            f,
+        )
+        .unwrap();
+        assert_eq!(r.replication.unwrap().peers[0].region.as_str(), "us");
+
+        let own = Cli {
+            redis: Some("redis://x".into()),
+            peers: vec!["local=redis://y".into()],
+            ..Cli::default()
+        };
+        assert!(merge(own, FileConfig::default()).is_err());
+        let no_redis = Cli {
+            peers: vec!["us=redis://y".into()],
+            ..Cli::default()
+        };
+        assert!(merge(no_redis, FileConfig::default()).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod client;
 mod config;
 mod credential;
 mod http;
@@ -34,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::client::{Client, ClientError, Event, Received};
 pub use crate::config::WsConfig;
 
 /// Serves one broker over WebSocket and HTTP.

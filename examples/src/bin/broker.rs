@@ -6,9 +6,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use broker_core::{AllowAll, AllowList, Broker, BrokerConfig, FilterPolicy};
+use broker_core::{AllowAll, AllowList, Broker, BrokerConfig, FilterPolicy, Metrics};
 use clap::Parser;
 use examples::config::Cli;
+use replication_redis::RedisReplicator;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use transport_ws::WsServer;
@@ -35,11 +36,26 @@ async fn main() -> ExitCode {
     };
     let mut config = BrokerConfig::with_region(settings.region.clone());
     config.limits = settings.limits.clone();
-    let broker = Broker::builder()
+    let metrics = Arc::new(Metrics::new());
+    let mut builder = Broker::builder()
         .config(config)
         .authenticator(Arc::new(settings.keys.clone()))
         .policy(policy)
-        .build();
+        .metrics(metrics.clone());
+    let replicator = match settings.replication.clone() {
+        Some(rc) => match RedisReplicator::new(rc, &metrics) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                eprintln!("broker: replication: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if let Some(r) = &replicator {
+        builder = builder.replicator(r.clone());
+    }
+    let broker = builder.build();
 
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(l) => l,
@@ -64,6 +80,31 @@ async fn main() -> ExitCode {
         settings.region
     );
     println!("  websocket: ws://{addr}/ws");
+    match &replicator {
+        Some(r) => {
+            let c = r.config();
+            let peers: Vec<String> = c.peers.iter().map(|p| p.region.to_string()).collect();
+            println!(
+                "  replication: Redis {} (node {}), peers: {}",
+                redact(&c.redis_url),
+                c.node_id,
+                if peers.is_empty() {
+                    "none".into()
+                } else {
+                    peers.join(", ")
+                }
+            );
+            let r = r.clone();
+            tokio::spawn(async move {
+                if r.wait_ready(std::time::Duration::from_secs(10)).await {
+                    tracing::info!("replication ready");
+                } else {
+                    tracing::warn!("replication not ready after 10 s: is every Redis reachable?");
+                }
+            });
+        }
+        None => println!("  replication: none (in-process; pass --redis URL to replicate)"),
+    }
     if let Some((key, token)) = &settings.generated {
         println!("  generated api key:     {key}");
         println!("  generated admin token: {token}");
@@ -83,6 +124,16 @@ async fn main() -> ExitCode {
             eprintln!("broker: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// A Redis URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
