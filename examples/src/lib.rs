@@ -1,7 +1,9 @@
-//! Support code for the standalone broker binary (`src/bin/broker.rs`): its configuration.
+//! Support code for the binaries: the standalone broker's configuration (`src/bin/broker.rs`)
+//! and the load generator (`src/bin/loadgen.rs`).
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod loadgen;
 
 /// Compiles and runs the README's Rust examples as doctests.
 #[cfg(doctest)]
