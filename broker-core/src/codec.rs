@@ -133,10 +133,19 @@ pub struct JsonCodec;
 /// The [`Envelope`] encoding slot used by [`JsonCodec`].
 const JSON_SLOT: usize = 0;
 
+impl JsonCodec {
+    /// [`Codec::encode_message`] without the `Bytes` clone: the envelope's cached encoding,
+    /// borrowed. Always valid UTF-8 (see [`encode_message_json`]), so transports may send it as
+    /// text without checking it again for every subscriber.
+    pub fn encode_message_ref<'e>(&self, envelope: &'e Envelope) -> &'e [u8] {
+        envelope.encoded_ref(JSON_SLOT, encode_message_json)
+    }
+}
+
 #[derive(Deserialize)]
 struct WireRequest<'a> {
-    #[serde(rename = "type", default)]
-    ty: Option<String>,
+    #[serde(rename = "type", default, borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
@@ -172,7 +181,7 @@ impl Codec for JsonCodec {
                 kind: DecodeErrorKind::MissingField("channel"),
             })
         };
-        let kind = match ty.as_str() {
+        let kind = match &*ty {
             "subscribe" => RequestKind::Subscribe {
                 channel: channel(&id, wire.channel)?,
             },
@@ -247,13 +256,23 @@ impl Codec for JsonCodec {
 
 /// `{"type":"message","channel":…,"message_id":…,"origin":…,"data":…}`, with `data` copied
 /// verbatim: it was validated as JSON when it was published.
+///
+/// The output is always valid UTF-8, as JSON text must be: data that is not (which only a
+/// corrupted replication store could hand over) has its invalid sequences replaced by U+FFFD.
+/// The check runs once per message, not once per subscriber.
 pub fn encode_message_json(m: &Message) -> Bytes {
-    let mut w = JsonWriter::new(96 + m.data.len());
+    let data = match std::str::from_utf8(&m.data) {
+        Ok(_) => std::borrow::Cow::Borrowed(&m.data[..]),
+        Err(_) => {
+            std::borrow::Cow::Owned(String::from_utf8_lossy(&m.data).into_owned().into_bytes())
+        }
+    };
+    let mut w = JsonWriter::new(96 + data.len());
     w.ty("message")
         .str("channel", m.channel.as_str())
         .str("message_id", m.id.as_str())
         .str("origin", m.origin.as_str())
-        .raw("data", &m.data);
+        .raw("data", &data);
     w.finish()
 }
 
@@ -285,8 +304,16 @@ impl JsonWriter {
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
-        // Writing a &str into a Vec cannot fail.
-        serde_json::to_writer(&mut self.buf, value).expect("string serialisation is infallible");
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing to escape (ids, region and most channel names): copy it.
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(value.as_bytes());
+            self.buf.push(b'"');
+        } else {
+            // Writing a &str into a Vec cannot fail.
+            serde_json::to_writer(&mut self.buf, value)
+                .expect("string serialisation is infallible");
+        }
         self
     }
 
@@ -431,5 +458,19 @@ mod tests {
         );
         // Encoded once: the second call returns the same allocation.
         assert_eq!(JsonCodec.encode_message(&env).as_ptr(), first.as_ptr());
+        assert_eq!(JsonCodec.encode_message_ref(&env).as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn message_encodings_are_always_utf8() {
+        let env = Envelope::new(Message {
+            channel: ChannelName::parse("tech").unwrap(),
+            data: Bytes::from_static(b"\"a\xffb\""),
+            id: MessageId::new("m1"),
+            origin: RegionName::default(),
+        });
+        let text = std::str::from_utf8(JsonCodec.encode_message_ref(&env)).unwrap();
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["data"], json!("a\u{fffd}b"));
     }
 }

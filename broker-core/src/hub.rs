@@ -129,6 +129,16 @@ impl Connection {
         st.closing
     }
 
+    /// Frees queue space left from a past burst (beyond `keep` slots) if nothing is queued now.
+    /// Transports call it now and then (at each ping interval), so that a connection keeps no
+    /// burst-sized memory once the burst is over.
+    pub fn shrink_queue(&self, keep: usize) {
+        let mut st = self.lock();
+        if st.queue.is_empty() && st.queue.capacity() > keep {
+            st.queue = VecDeque::new();
+        }
+    }
+
     /// Whether the connection is closing, and why.
     pub fn closing(&self) -> Option<CloseReason> {
         self.lock().closing

@@ -53,8 +53,15 @@ impl Envelope {
     /// # Panics
     /// If `slot >= ENCODING_SLOTS`, which is a bug in the codec, not bad input.
     pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
-        self.encodings[slot]
-            .get_or_init(|| encode(&self.message))
-            .clone()
+        self.encoded_ref(slot, encode).clone()
+    }
+
+    /// Like [`Envelope::encoded`], but borrowed: no reference count is touched, which counts
+    /// when one message is written to thousands of sockets.
+    ///
+    /// # Panics
+    /// If `slot >= ENCODING_SLOTS`, which is a bug in the codec, not bad input.
+    pub fn encoded_ref(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> &Bytes {
+        self.encodings[slot].get_or_init(|| encode(&self.message))
     }
 }

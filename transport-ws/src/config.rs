@@ -16,8 +16,9 @@ pub struct WsConfig {
     /// the connection with code 1009; payloads between the broker's `max_payload` and this get
     /// a `payload_too_large` error and the connection stays open. Default: 1 MiB.
     pub max_frame_size: usize,
-    /// Initial read buffer per connection. Small keeps idle connections cheap; it grows for
-    /// large frames. Default: 4 KiB.
+    /// Read buffer kept per connection by the WebSocket codec. Small keeps idle connections
+    /// cheap (it grows for larger frames); reads from the socket still happen in 16 KiB chunks,
+    /// held only while a burst is being read. Default: 512 bytes.
     pub read_buffer_size: usize,
     /// Bytes gathered before a socket write while draining a burst (frames are batched per
     /// write; a flush ends each batch). Default: 64 KiB. Cost: allocated only while busy.
@@ -37,7 +38,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(20),
             max_frame_size: 1024 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 512,
             write_buffer_size: 64 * 1024,
             max_connections: 100_000,
             shutdown_grace: Duration::from_secs(5),

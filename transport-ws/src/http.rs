@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::WsConfig;
 use crate::credential::{bearer, client_credential};
+use crate::io::ChunkedReader;
 use crate::ws;
 
 pub(crate) type Body = Full<Bytes>;
@@ -30,7 +31,7 @@ pub(crate) type Body = Full<Bytes>;
 #[derive(Clone, Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
-    pub(crate) config: WsConfig,
+    pub(crate) config: Arc<WsConfig>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -112,9 +113,8 @@ async fn upgrade(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
             )
             .max_message_size(Some(config.max_frame_size))
             .max_frame_size(Some(config.max_frame_size));
-        let stream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let io = ChunkedReader::new(TokioIo::new(upgraded));
+        let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         tracing::debug!(principal = principal.id(), "websocket connected");
         let session = broker.connect(principal);
         ws::run(stream, session, config, shutdown).await;

@@ -21,6 +21,7 @@ pub mod client;
 mod config;
 mod credential;
 mod http;
+mod io;
 mod ws;
 
 use std::future::Future;
@@ -63,7 +64,7 @@ impl WsServer {
         let tasks = TaskTracker::new();
         let shared = http::Shared {
             broker: self.broker,
-            config: self.config.clone(),
+            config: Arc::new(self.config.clone()),
             shutdown: token.clone(),
             tasks: tasks.clone(),
         };

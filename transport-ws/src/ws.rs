@@ -1,12 +1,20 @@
 //! One WebSocket connection: read frames into the session, write its queue out in batches.
+//!
+//! Reading, control frames and the close handshake go through tungstenite. Queued replies and
+//! messages bypass it: a server's frames are unmasked, so a message's frame is its cached JSON
+//! encoding (shared by every subscriber, encoded once per publish) behind a 2–10 byte header.
+//! Each wake-up copies every queued frame once into one buffer and writes it with one call, with
+//! no per-subscriber UTF-8 check, frame object or reference-count traffic.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use broker_core::{CloseReason, Codec, DecodeError, DecodeErrorKind, JsonCodec, Outbound, Session};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -19,11 +27,21 @@ use crate::config::WsConfig;
 /// Close code for a frame over [`WsConfig::max_frame_size`].
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Queue slots a connection keeps across a ping interval; more, left from a burst, are freed
+/// at the next tick, so that a connection that once had a burst does not keep its memory.
+const BATCH_KEEP: usize = 64;
+
+thread_local! {
+    /// Frames gathered for one socket write, shared by every connection served on this thread
+    /// (it is never held across an await), so that no connection keeps a write buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Drives one upgraded connection until it closes.
 pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
     mut session: Session,
-    config: WsConfig,
+    config: Arc<WsConfig>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -39,6 +57,9 @@ pub(crate) async fn run<S>(
     let mut ticker = interval_at(start, config.ping_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Once the client has sent a close frame, tungstenite answers it and nothing else may go
+    // out.
+    let mut peer_closed = false;
 
     let outcome: Result<(), WsError> = async {
         loop {
@@ -46,22 +67,16 @@ pub(crate) async fn run<S>(
                 _ = &mut ready => {
                     ready.set(conn.ready());
                     let closing = conn.drain(&mut batch);
-                    if closing.is_some_and(|r| !r.flush_first()) {
+                    if peer_closed || closing.is_some_and(|r| !r.flush_first()) {
                         batch.clear();
                     }
-                    let wrote = !batch.is_empty();
-                    for item in batch.drain(..) {
-                        let text = match item {
-                            Outbound::Message(env) => codec.encode_message(&env),
-                            Outbound::Frame(frame) => codec.encode(&frame),
-                        };
-                        ws.feed(Message::Text(utf8(text))).await?;
-                    }
-                    if wrote {
-                        ws.flush().await?;
+                    if !batch.is_empty() {
+                        write_batch(&mut ws, &mut batch, &codec, config.write_buffer_size).await?;
                     }
                     if let Some(reason) = closing {
-                        close(&mut ws, reason.code(), reason.text(), &config).await;
+                        // Boxed: a cold path that would otherwise enlarge every connection's
+                        // task by its timer.
+                        Box::pin(close(&mut ws, reason.code(), reason.text(), &config)).await;
                         tracing::debug!(conn = %id, ?reason, "closed by server");
                         return Ok(());
                     }
@@ -71,7 +86,11 @@ pub(crate) async fn run<S>(
                     last_heard = Instant::now();
                     match frame {
                         Ok(Message::Text(text)) => {
-                            session.handle_frame(&codec, text.as_bytes(), last_heard).await;
+                            // Boxed: the request's future (a publish through the replicator) is
+                            // large and short-lived; inline, every idle connection would carry
+                            // its space.
+                            Box::pin(session.handle_frame(&codec, text.as_bytes(), last_heard))
+                                .await;
                         }
                         Ok(Message::Binary(_)) => session.reply_decode_error(DecodeError {
                             id: None,
@@ -79,16 +98,21 @@ pub(crate) async fn run<S>(
                         }),
                         // Pings are answered by tungstenite; a close is answered on the next poll,
                         // which then ends the stream.
-                        Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+                        Ok(Message::Close(_)) => peer_closed = true,
+                        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                         Err(WsError::Capacity(e)) => {
                             tracing::debug!(conn = %id, error = %e, "frame over the hard limit");
-                            close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config).await;
+                            Box::pin(close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config)).await;
                             return Ok(());
                         }
                         Err(e) => return Err(e),
                     }
                 }
                 _ = ticker.tick() => {
+                    if batch.capacity() > BATCH_KEEP {
+                        batch = VecDeque::new();
+                    }
+                    conn.shrink_queue(BATCH_KEEP);
                     let silent = last_heard.elapsed();
                     if silent >= config.ping_interval + config.pong_timeout {
                         tracing::debug!(conn = %id, "no pong: dropping dead connection");
@@ -114,13 +138,78 @@ pub(crate) async fn run<S>(
     }
 }
 
-/// Text frames carry the codec's output, which is JSON and so UTF-8; a failure here would be a
-/// codec bug, answered with a placeholder rather than a panic.
-fn utf8(bytes: Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| {
-        tracing::error!("codec produced invalid UTF-8");
-        Utf8Bytes::from_static(r#"{"type":"error","code":"internal","message":"encoding"}"#)
-    })
+/// Writes every queued item as a text frame, in order, gathering up to `limit` bytes per
+/// socket write.
+///
+/// The frames go to the socket under tungstenite, which is safe because tungstenite's own
+/// write buffer is flushed first (it may hold an automatic pong) and nothing else writes until
+/// this returns: frames never interleave. The payloads are the JSON codec's output, always
+/// valid UTF-8 (`broker_core::encode_message_json` guarantees it for messages; replies are
+/// built from strings), as text frames require.
+///
+/// Frames are gathered in the thread's scratch buffer and written at once; only what the
+/// socket cannot take right now is copied out to wait for it, so the common case allocates
+/// nothing.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut VecDeque<Outbound>,
+    codec: &JsonCodec,
+    limit: usize,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.flush().await?;
+    let io = ws.get_mut();
+    while !batch.is_empty() {
+        let rest = SCRATCH.with_borrow_mut(|buf| -> std::io::Result<Option<Vec<u8>>> {
+            buf.clear();
+            while let Some(item) = batch.pop_front() {
+                match item {
+                    Outbound::Message(env) => push_text_frame(buf, codec.encode_message_ref(&env)),
+                    Outbound::Frame(frame) => push_text_frame(buf, &codec.encode(&frame)),
+                }
+                if buf.len() >= limit {
+                    break;
+                }
+            }
+            let rest = match io.write(buf).now_or_never() {
+                Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Some(Ok(n)) if n == buf.len() => None,
+                Some(Ok(n)) => Some(buf[n..].to_vec()),
+                Some(Err(e)) => return Err(e),
+                None => Some(buf.clone()),
+            };
+            if buf.capacity() > 2 * limit + SCRATCH_SLACK {
+                // A huge frame passed through: do not keep its space.
+                *buf = Vec::new();
+            }
+            Ok(rest)
+        })?;
+        if let Some(rest) = rest {
+            io.write_all(&rest).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Scratch space kept beyond twice the write target.
+const SCRATCH_SLACK: usize = 64 * 1024;
+
+/// Appends one unmasked, unfragmented text frame (RFC 6455 section 5.2).
+fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    const FIN_TEXT: u8 = 0x81;
+    let len = payload.len();
+    if len < 126 {
+        out.extend_from_slice(&[FIN_TEXT, len as u8]);
+    } else if len <= usize::from(u16::MAX) {
+        out.extend_from_slice(&[FIN_TEXT, 126]);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.extend_from_slice(&[FIN_TEXT, 127]);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Sends a close frame and waits briefly for it to be written; a peer that does not read gets
@@ -134,4 +223,26 @@ where
         reason: Utf8Bytes::from_static(reason),
     };
     let _ = timeout(config.shutdown_grace, ws.close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_rfc_6455_header_for_every_length_class() {
+        for (len, header) in [
+            (0usize, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let payload = vec![b'a'; len];
+            let mut out = Vec::new();
+            push_text_frame(&mut out, &payload);
+            assert_eq!(&out[..header.len()], &header[..], "length {len}");
+            assert_eq!(&out[header.len()..], &payload[..]);
+        }
+    }
 }

@@ -113,6 +113,9 @@ pub struct TrafficArgs {
     /// Payload size in bytes (at least 80, for the timestamp and sequence number).
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
+    /// Broker process id(s) whose CPU time to report per delivery (repeatable).
+    #[arg(long = "broker-pid")]
+    pub broker_pids: Vec<u32>,
 }
 
 /// Connection set-up.

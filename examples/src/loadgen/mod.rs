@@ -223,6 +223,7 @@ fn plan(
         payload_size: t.payload,
         connect_concurrency: c.connect_concurrency,
         sources: c.addresses(),
+        broker_pids: t.broker_pids.clone(),
     }
 }
 
@@ -406,6 +407,15 @@ pub fn summary(r: &RunReport) -> String {
             "   deliveries/s {:.0}  messages/s {:.0}  (window {:.1} s)",
             t.deliveries_per_s, t.messages_per_s, t.window_s
         );
+        if let Some(c) = t.broker_cpu_us_per_delivery {
+            let _ = writeln!(
+                s,
+                "   broker CPU {:.2} s = {:.3} µs per delivery; generator used {:.0}% of a core",
+                t.broker_cpu_s.unwrap_or(0.0),
+                c,
+                t.generator_cpu_fraction * 100.0
+            );
+        }
         let _ = writeln!(
             s,
             "   published {}  expected {}  received {}  lost {}  duplicates {}  errors {}",

@@ -156,6 +156,17 @@ pub struct TrafficReport {
     /// How far behind its schedule a fixed-rate publisher fell at worst, milliseconds (a
     /// large value means the generator, not the broker, limited the run).
     pub max_publisher_lag_ms: f64,
+    /// CPU seconds the broker process(es) used in the measurement window (with
+    /// `--broker-pid`): robust to other load on a shared machine, unlike throughput.
+    #[serde(default)]
+    pub broker_cpu_s: Option<f64>,
+    /// Broker CPU time per delivery in the window, microseconds.
+    #[serde(default)]
+    pub broker_cpu_us_per_delivery: Option<f64>,
+    /// Share of one core this generator used in the window; near 1.0 means the generator,
+    /// not the broker, may have limited the run.
+    #[serde(default)]
+    pub generator_cpu_fraction: f64,
     /// Latency of every delivery of a message published in the measurement window.
     pub latency: Latency,
     /// The same per subscriber group (replication: same region and cross region).
@@ -202,6 +213,28 @@ pub struct IdleReport {
     pub connect_s: f64,
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in seconds, from
+/// `/proc/PID/stat`. Linux reports it in USER_HZ ticks, 100 per second on every architecture
+/// Linux exports to user space.
+pub fn cpu_seconds(pid: u32) -> std::io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; count fields after its closing paren.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| std::io::Error::other("malformed stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the command name.
+    let tick = |i: usize| -> std::io::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|t| t as f64 / 100.0)
+            .ok_or_else(|| std::io::Error::other("malformed stat"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
 /// The broker's resident set size in KiB, from `/proc/PID/status`.
 pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -230,7 +263,14 @@ mod tests {
     }
 
     #[test]
-    fn reads_this_process_rss() {
+    fn reads_this_process_rss_and_cpu() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+        let t0 = cpu_seconds(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= t0);
     }
 }

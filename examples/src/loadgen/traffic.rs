@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::LoadError;
 use super::backend::{Backend, Publisher, Sink, Slot};
 use super::payload::{self, Stamp, now_ns};
-use super::stats::{GroupReport, LatencyHistogram, SharedHistogram, TrafficReport};
+use super::stats::{GroupReport, LatencyHistogram, SharedHistogram, TrafficReport, cpu_seconds};
 
 /// Latency samples a subscriber gathers before taking the shared histogram's lock.
 const SAMPLE_BATCH: usize = 256;
@@ -57,6 +57,8 @@ pub struct TrafficPlan {
     pub connect_concurrency: usize,
     /// Source addresses to spread connections over (empty: the system's choice).
     pub sources: Vec<IpAddr>,
+    /// Broker processes whose CPU time to measure over the window.
+    pub broker_pids: Vec<u32>,
 }
 
 /// One subscriber connection.
@@ -389,12 +391,24 @@ pub async fn run(
             .map(|g| g.received.load(Ordering::Relaxed))
             .collect()
     };
+    let cpu = |pids: &[u32]| -> Option<f64> {
+        pids.iter()
+            .map(|p| cpu_seconds(*p).ok())
+            .sum::<Option<f64>>()
+    };
+    let me = std::process::id();
     let (r0, p0, w0) = (shared.received(), shared.published(), Instant::now());
     let group_r0 = group_received(&shared);
+    let (broker0, gen0) = (cpu(&plan.broker_pids), cpu_seconds(me).ok());
     tokio::time::sleep_until(end).await;
     let (r1, p1, w1) = (shared.received(), shared.published(), Instant::now());
     let group_r1 = group_received(&shared);
+    let (broker1, gen1) = (cpu(&plan.broker_pids), cpu_seconds(me).ok());
     let window_s = (w1 - w0).as_secs_f64();
+    let broker_cpu_s = match (broker0, broker1) {
+        (Some(a), Some(b)) if !plan.broker_pids.is_empty() => Some(b - a),
+        _ => None,
+    };
 
     let mut errors = 0u64;
     let mut max_lag = Duration::ZERO;
@@ -501,6 +515,14 @@ pub async fn run(
         deliveries_per_s: (r1 - r0) as f64 / window_s,
         messages_per_s: (p1 - p0) as f64 / window_s,
         max_publisher_lag_ms: max_lag.as_secs_f64() * 1000.0,
+        broker_cpu_s,
+        broker_cpu_us_per_delivery: broker_cpu_s
+            .filter(|_| r1 > r0)
+            .map(|c| c * 1e6 / (r1 - r0) as f64),
+        generator_cpu_fraction: match (gen0, gen1) {
+            (Some(a), Some(b)) => (b - a) / window_s,
+            _ => 0.0,
+        },
         latency: all.summary(),
         groups,
     };
