@@ -64,6 +64,8 @@ pub(crate) async fn run<S>(
     let outcome: Result<(), WsError> = async {
         loop {
             tokio::select! {
+                // Queued frames first: a wake-up for them then polls nothing else.
+                biased;
                 _ = &mut ready => {
                     ready.set(conn.ready());
                     let closing = conn.drain(&mut batch);

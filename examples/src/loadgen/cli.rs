@@ -294,4 +294,7 @@ pub struct ReportArgs {
     /// Markdown file to write.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     pub out: PathBuf,
+    /// Hand-written analysis appended to the report, if the file exists.
+    #[arg(long, default_value = "bench/ANALYSIS.md")]
+    pub analysis: PathBuf,
 }

@@ -151,7 +151,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             };
         }
         Command::Report(a) => {
-            return match report::write(&a.results, &a.out) {
+            return match report::write(&a.results, &a.out, &a.analysis) {
                 Ok(()) => {
                     eprintln!("wrote {}", a.out.display());
                     ExitCode::SUCCESS
