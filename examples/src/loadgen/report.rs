@@ -314,7 +314,11 @@ fn fanout_rate(r: &Results, label: &str, backend: &str) -> Option<f64> {
 
 fn fanout_cpu(r: &Results, label: &str, backend: &str) -> Option<f64> {
     r.get(label, backend).and_then(|x| {
-        x.median(|run| run.traffic.as_ref().and_then(|t| t.broker_cpu_us_per_delivery))
+        x.median(|run| {
+            run.traffic
+                .as_ref()
+                .and_then(|t| t.broker_cpu_us_per_delivery)
+        })
     })
 }
 
@@ -409,9 +413,8 @@ fn summary(s: &mut String, r: &Results, nats: &str) {
     }
     if r.get("idle", "ws").is_some() {
         let per = |b: &str| {
-            r.get("idle", b).and_then(|x| {
-                x.median(|run| run.idle.as_ref().map(|i| i.bytes_per_connection))
-            })
+            r.get("idle", b)
+                .and_then(|x| x.median(|run| run.idle.as_ref().map(|i| i.bytes_per_connection)))
         };
         let (ours, theirs) = (per("ws"), per("nats"));
         let opened = r
@@ -523,7 +526,8 @@ fn run_rows(s: &mut String, r: &Results, label: &str) {
                 rate(Some(t.deliveries_per_s)),
                 t.broker_cpu_us_per_delivery
                     .map_or("–".into(), |c| format!("{c:.3} µs")),
-                t.broker_cpu_s.map_or("–".into(), |c| format!("{:.0}%", c / t.window_s * 100.0)),
+                t.broker_cpu_s
+                    .map_or("–".into(), |c| format!("{:.0}%", c / t.window_s * 100.0)),
                 t.generator_cpu_fraction * 100.0,
                 ms(Some(l.p50_us)),
                 ms(Some(l.p90_us)),
@@ -639,7 +643,11 @@ fn idle_details(s: &mut String, r: &Results) {
                 thousands(d.rss_before_kib as usize),
                 thousands(d.rss_after_kib as usize),
                 kib(Some(d.bytes_per_connection)),
-                if run.valid { "yes".into() } else { format!("**no**: {}", run.problems.join("; ")) }
+                if run.valid {
+                    "yes".into()
+                } else {
+                    format!("**no**: {}", run.problems.join("; "))
+                }
             );
         }
     }
@@ -692,7 +700,11 @@ fn replication_details(s: &mut String, r: &Results) {
                 ms(Some(b.latency.p50_us)),
                 ms(Some(b.latency.p99_us)),
                 t.lost,
-                if run.valid { "yes".into() } else { format!("**no**: {}", run.problems.join("; ")) }
+                if run.valid {
+                    "yes".into()
+                } else {
+                    format!("**no**: {}", run.problems.join("; "))
+                }
             );
         }
     }
