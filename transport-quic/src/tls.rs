@@ -250,6 +250,36 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_pem_files_are_loaded_and_a_mismatched_key_is_refused() {
+        let dir = std::env::temp_dir();
+        let tag = std::process::id();
+        let (cert_path, key_path, other_key_path) = (
+            dir.join(format!("tq-{tag}-cert.pem")),
+            dir.join(format!("tq-{tag}-key.pem")),
+            dir.join(format!("tq-{tag}-other.pem")),
+        );
+        let made = rcgen::generate_simple_self_signed(vec!["broker.test".to_owned()]).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&cert_path, made.cert.pem()).unwrap();
+        std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&other_key_path, other.serialize_pem()).unwrap();
+
+        let id = TlsIdentity::from_pem_files(&cert_path, &key_path).unwrap();
+        assert_eq!(id.certificate(), made.cert.der());
+        id.server_crypto().unwrap();
+        let mismatched = TlsIdentity::from_pem_files(&cert_path, &other_key_path).unwrap();
+        let refused = mismatched.server_crypto();
+        for p in [cert_path, key_path, other_key_path] {
+            std::fs::remove_file(p).unwrap();
+        }
+        assert!(
+            matches!(refused, Err(TlsError::Rustls(_))),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    #[test]
     fn bad_pem_is_reported_with_its_source() {
         let e = certificates_from_pem(b"nothing here", "cert.pem").unwrap_err();
         assert!(matches!(
