@@ -175,7 +175,13 @@ async fn quic_clients_authenticate_with_the_first_frame_of_the_control_stream() 
 #[tokio::test]
 async fn the_handshake_requires_alpn_pubsub_v1_and_a_trusted_certificate() {
     let b = TestBroker::start().await;
-    assert!(b.raw_connection(b"h3").await.is_err(), "ALPN h3 accepted");
+    // TLS alert 120, no_application_protocol, carried as a QUIC CRYPTO_ERROR.
+    match b.raw_connection(b"h3").await.err() {
+        Some(quinn::ConnectionError::ConnectionClosed(c)) => {
+            assert_eq!(c.error_code, quinn::TransportErrorCode::crypto(120))
+        }
+        other => panic!("expected the handshake to be refused, got {other:?}"),
+    }
 
     let stranger = TlsIdentity::self_signed(&["localhost".into()]).unwrap();
     let untrusted = ClientConfig::trusting(stranger.certificate().clone());
