@@ -427,13 +427,15 @@ impl Client {
         let id = format!("r{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         body.insert("id".into(), Value::String(id.clone()));
         let (tx, rx) = oneshot::channel();
-        {
+        let ended = {
             let mut st = self.inner.lock();
-            if st.ended {
-                drop(st);
-                return Err(RequestError::Closed(self.inner.close_info().await));
+            if !st.ended {
+                st.pending.insert(id.clone(), tx);
             }
-            st.pending.insert(id.clone(), tx);
+            st.ended
+        };
+        if ended {
+            return Err(RequestError::Closed(self.inner.close_info().await));
         }
         if self
             .inner
