@@ -117,7 +117,7 @@ async fn a_channel_stream_left_unread_past_the_outbound_limit_closes_the_connect
     // What reached the client before the close can still be read, in order, but not all of it:
     // the backlog was dropped.
     let mut got = 0;
-    while let Ok(m) = stalled.next().await {
+    while let Ok(m) = timeout(WAIT, stalled.next()).await.unwrap() {
         assert_eq!(m.data["i"], got);
         got += 1;
     }
