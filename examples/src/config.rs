@@ -447,6 +447,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let s = merge(Cli::default(), file(include_str!("../broker.toml"))).unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert!(s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("change-me-client-key"));
+    }
+
+    #[test]
     fn bad_settings_are_reported_without_secrets() {
         let f = file(r#"api_keys = [{ key = "hunter2", expires = "soon" }]"#);
         let err = merge(Cli::default(), f).unwrap_err().to_string();
