@@ -223,7 +223,10 @@ fn ensure_playwright(e2e: &Path) {
         .exists()
         .then(|| json_file(&installed_manifest)["version"].clone());
     if installed.as_ref() != Some(&locked) {
-        eprintln!("web e2e: installing playwright-core {locked} with npm ci");
+        eprintln!(
+            "web e2e: installing playwright-core {} with npm ci",
+            locked.as_str().unwrap_or("?")
+        );
         run(
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
