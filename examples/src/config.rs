@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use broker_core::{ChannelName, Limits, RateLimit, RegionName, StaticKeys};
 use clap::Parser;
@@ -49,6 +49,9 @@ pub struct Cli {
     /// This node's id within the region [default: random].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// Do not serve the web client at `/`.
+    #[arg(long)]
+    pub no_web_client: bool,
 }
 
 /// The config file. Every field is optional.
@@ -88,6 +91,8 @@ pub struct FileConfig {
     /// Replication tuning.
     #[serde(default)]
     pub replication: FileReplication,
+    /// Serve the web client at `/` [default: true].
+    pub web_client: Option<bool>,
 }
 
 /// `[replication]` in the config file; see `replication_redis::RedisReplicationConfig`.
@@ -195,6 +200,11 @@ pub struct Settings {
     pub keys: StaticKeys,
     /// Keys generated at start, to print: (api key, admin token).
     pub generated: Option<(String, String)>,
+    /// The API key to put in the web client's URL printed at start: the generated key, else the
+    /// first configured key that has not expired.
+    pub page_key: Option<String>,
+    /// Whether the web client is served at `/`.
+    pub web_client: bool,
     /// Broker limits.
     pub limits: Limits,
     /// WebSocket settings.
@@ -259,6 +269,8 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
     };
 
     let mut keys = StaticKeys::new();
+    let mut page_key = None;
+    let now = SystemTime::now();
     let mut api_keys: Vec<KeySpec> = cli.api_keys.into_iter().map(KeySpec::Plain).collect();
     if api_keys.is_empty() {
         api_keys = file.api_keys;
@@ -287,6 +299,9 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
                 })
             })
             .transpose()?;
+        if page_key.is_none() && expires.is_none_or(|t| t > now) {
+            page_key = Some(key.clone());
+        }
         let name = name.unwrap_or_else(|| format!("api-key-{}", i + 1));
         keys = keys.with_api_key(&name, key, expires);
     }
@@ -304,6 +319,7 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         keys = keys
             .with_api_key("generated-key", &key, None)
             .with_admin_token("generated-admin", &token);
+        page_key = Some(key.clone());
         Some((key, token))
     } else {
         None
@@ -368,6 +384,8 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         channels,
         keys,
         generated,
+        page_key,
+        web_client: !cli.no_web_client && file.web_client.unwrap_or(true),
         limits,
         websocket,
         replication,
@@ -489,6 +507,8 @@ mod tests {
         let (key, token) = s.generated.unwrap();
         assert_ne!(key, token);
         assert_eq!(s.keys.len(), 2);
+        assert!(s.web_client);
+        assert_eq!(s.page_key, Some(key));
     }
 
     #[test]
@@ -500,6 +520,7 @@ mod tests {
             channels = ["a", "b"]
             api_keys = ["k1", { key = "k2", name = "mobile", expires = "2099-01-01T00:00:00Z" }]
             admin_tokens = ["t1"]
+            web_client = false
             [limits]
             max_payload = 1000
             publish_rate = 5
@@ -530,6 +551,36 @@ mod tests {
             })
         );
         assert_eq!(s.websocket.ping_interval, Duration::from_secs(5));
+        assert!(!s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn the_page_url_gets_a_usable_key_and_the_web_client_can_be_turned_off() {
+        let f = file(
+            r#"
+            api_keys = [{ key = "old", expires = "2001-01-01T00:00:00Z" }, "current"]
+            "#,
+        );
+        let s = merge(Cli::default(), f).unwrap();
+        assert_eq!(s.page_key.as_deref(), Some("current"));
+        assert!(s.web_client);
+        let cli = Cli {
+            admin_tokens: vec!["t".into()],
+            no_web_client: true,
+            ..Cli::default()
+        };
+        let s = merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(s.page_key, None);
+        assert!(!s.web_client);
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let s = merge(Cli::default(), file(include_str!("../broker.toml"))).unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert!(s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("change-me-client-key"));
     }
 
     #[test]

@@ -14,6 +14,8 @@ struct Running {
     addr: String,
     key: String,
     admin: String,
+    /// What it printed on stdout at start.
+    printed: Vec<String>,
 }
 
 impl Drop for Running {
@@ -25,8 +27,13 @@ impl Drop for Running {
 
 /// Starts `broker --listen 127.0.0.1:0` and reads the address and generated keys it prints.
 fn start() -> Running {
+    start_with(&[])
+}
+
+fn start_with(args: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -35,8 +42,14 @@ fn start() -> Running {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let (mut addr, mut key, mut admin) = (None, None, None);
-    while addr.is_none() || key.is_none() || admin.is_none() {
+    let mut printed = Vec::new();
+    // The last line printed at start, with generated keys, is the websocat hint.
+    while !printed
+        .last()
+        .is_some_and(|l: &String| l.contains("try: websocat"))
+    {
         let line = lines.next().expect("broker exited early").unwrap();
+        printed.push(line.clone());
         let last = line.split_whitespace().last().unwrap_or("").to_owned();
         if line.starts_with("broker listening on http://") {
             addr = line
@@ -56,6 +69,7 @@ fn start() -> Running {
         addr: addr.unwrap(),
         key: key.unwrap(),
         admin: admin.unwrap(),
+        printed,
     }
 }
 
@@ -169,6 +183,46 @@ async fn ctrl_c_drains_connections_with_1001_and_exits_cleanly() {
     .unwrap()
     .0;
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn the_printed_url_opens_the_web_client_unless_it_is_turned_off() {
+    let b = start();
+    let open = format!("  open: http://{}/?api_key={}", b.addr, b.key);
+    assert!(b.printed.contains(&open), "{:#?}", b.printed);
+    let page = http_get(&b.addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("content-type: text/html; charset=utf-8"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<label for=\"channel\">Channel</label>"),
+        "{page}"
+    );
+
+    let off = start_with(&["--no-web-client"]);
+    assert!(
+        !off.printed.iter().any(|l| l.contains("open:")),
+        "{:#?}",
+        off.printed
+    );
+    let page = http_get(&off.addr, "/");
+    assert!(page.starts_with("HTTP/1.1 404"), "{page}");
+}
+
+/// A raw HTTP/1.1 GET; returns the whole response, header names in lower case as hyper sends them.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// A raw HTTP/1.1 POST to /admin/unsubscribe with a bearer token; returns the whole response.

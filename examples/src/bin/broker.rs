@@ -1,7 +1,8 @@
 //! The standalone broker: WebSocket + HTTP front end over broker-core.
 //!
 //! `cargo run --release --bin broker` starts it on 127.0.0.1:8080 with the seed's five
-//! channels and a generated API key and admin token, printed at start.
+//! channels and a generated API key and admin token, printed at start, and serves the web
+//! client at `/` (the URL to open, key included, is printed too).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,6 +81,9 @@ async fn main() -> ExitCode {
         settings.region
     );
     println!("  websocket: ws://{addr}/ws");
+    if let (true, Some(key)) = (settings.web_client, &settings.page_key) {
+        println!("  open: {}", examples::web::page_url(addr, key));
+    }
     match &replicator {
         Some(r) => {
             let c = r.config();
@@ -112,9 +116,11 @@ async fn main() -> ExitCode {
     }
 
     tracing::info!(%addr, region = %settings.region, "serving");
-    let result = WsServer::new(broker, settings.websocket)
-        .serve(listener, shutdown_signal())
-        .await;
+    let mut server = WsServer::new(broker, settings.websocket);
+    if settings.web_client {
+        server = server.with_static(examples::web::assets());
+    }
+    let result = server.serve(listener, shutdown_signal()).await;
     match result {
         Ok(()) => {
             tracing::info!("stopped");
