@@ -23,27 +23,50 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn two_browser_windows_exchange_messages_and_see_errors_reconnects_and_invalidation() {
+    let broker = BrokerProcess::start("127.0.0.1:0".parse().unwrap(), "local", Vec::new());
+    run_scenario("one-broker", vec![broker], false);
+}
+
+/// One window per region: two brokers in two regions, joined by Redis replication.
+#[test]
+fn one_browser_window_per_region_through_redis_replication() {
+    let (us_redis, eu_redis) = (RedisProcess::start("us"), RedisProcess::start("eu"));
+    let replicate = |redis: &RedisProcess, peer: &str, peer_redis: &RedisProcess| {
+        vec![
+            "--redis".to_owned(),
+            redis.url(),
+            "--peer".to_owned(),
+            format!("{peer}={}", peer_redis.url()),
+        ]
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let brokers = vec![
+        BrokerProcess::start(any, "us", replicate(&us_redis, "eu", &eu_redis)),
+        BrokerProcess::start(any, "eu", replicate(&eu_redis, "us", &us_redis)),
+    ];
+    run_scenario("two-regions", brokers, true);
+}
+
+fn run_scenario(name: &str, mut brokers: Vec<BrokerProcess>, replicated: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("examples/ sits in the workspace root");
     let e2e = root.join("examples/web/e2e");
     ensure_playwright(&e2e);
     let chromium = ensure_chromium();
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("web-e2e")
+        .join(name);
 
-    // One broker today. A second region plugs in here: start another broker with its own
-    // `--region`, both joined by the Redis replicator, and the script puts one window on each.
-    let mut brokers = vec![BrokerProcess::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "local",
-    )];
-
-    let docs_screenshot =
-        std::env::var_os("WEB_E2E_UPDATE_SCREENSHOT").map(|_| root.join("docs/web-client.png"));
+    // The README's screenshot is the one-broker scene.
+    let docs_screenshot = std::env::var_os("WEB_E2E_UPDATE_SCREENSHOT")
+        .filter(|_| !replicated)
+        .map(|_| root.join("docs/web-client.png"));
     let config = json!({
         "chromium": chromium,
         "artifacts": artifacts,
         "docs_screenshot": docs_screenshot,
+        "replicated": replicated,
         "brokers": brokers.iter().map(BrokerProcess::describe).collect::<Vec<_>>(),
     });
     let mut node = Command::new("node")
@@ -96,8 +119,9 @@ fn obey(request: &str, brokers: &mut [BrokerProcess], to_node: &mut ChildStdin) 
     match request["op"].as_str() {
         Some("stop") => brokers[i].stop(),
         Some("start") => {
-            let (addr, region) = (brokers[i].addr, brokers[i].region.clone());
-            brokers[i] = BrokerProcess::start(addr, &region);
+            let b = &brokers[i];
+            let (addr, region, extra) = (b.addr, b.region.clone(), b.extra.clone());
+            brokers[i] = BrokerProcess::start(addr, &region, extra);
         }
         other => panic!("unknown control op {other:?}"),
     }
@@ -125,13 +149,16 @@ struct BrokerProcess {
     addr: SocketAddr,
     region: String,
     page_url: String,
+    /// Further flags (replication), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl BrokerProcess {
-    fn start(listen: SocketAddr, region: &str) -> Self {
+    fn start(listen: SocketAddr, region: &str, extra: Vec<String>) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .args(["--listen", &listen.to_string(), "--region", region])
             .args(["--api-key", KEY, "--admin-token", ADMIN])
+            .args(&extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -154,11 +181,13 @@ impl BrokerProcess {
         assert_eq!(page_url, format!("http://{addr}/?api_key={KEY}"));
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        wait_ready(addr);
         Self {
             child,
             addr,
             region: region.to_owned(),
             page_url,
+            extra,
         }
     }
 
@@ -186,6 +215,74 @@ impl BrokerProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Polls `GET /readyz` until the broker (and its replication, if any) is ready.
+fn wait_ready(addr: SocketAddr) {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = write!(
+                s,
+                "GET /readyz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker on {addr} never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` of the test's own on a Unix socket in a temporary directory.
+struct RedisProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    fn start(name: &str) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("web-e2e-redis-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.dir.join("redis.sock").display())
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

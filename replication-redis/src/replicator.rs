@@ -206,6 +206,11 @@ impl Replicator for RedisReplicator {
         }
     }
 
+    fn is_ready(&self) -> bool {
+        *self.inner.reader_ready.borrow()
+            && *self.inner.importers_ready.borrow() >= self.inner.config.peers.len()
+    }
+
     async fn publish(&self, message: Message) -> Result<(), ReplicationError> {
         let inner = &self.inner;
         if message.origin != inner.config.region {

@@ -418,3 +418,27 @@ async fn a_region_on_a_redis_cluster_replicates_both_ways_and_across_its_nodes()
     assert_eq!((m.origin.as_str(), m.data.as_str()), ("b", "\"from b\""));
     silence(&mut s_a2, Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn readiness_waits_for_every_importer() {
+    let (ra, rb) = (
+        RedisServer::start(false).await,
+        RedisServer::start(false).await,
+    );
+    let gone = ra.dir.join("no-such.sock");
+    let lonely = Node::start(
+        config("a", &ra.url()).peer(region("b"), format!("redis+unix://{}", gone.display())),
+    )
+    .await;
+    let nb = Node::start(config("b", &rb.url()).peer(region("a"), ra.url()))
+        .await
+        .ready()
+        .await;
+    assert_eq!(get(nb.addr, "/readyz").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = get(lonely.addr, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"starting"}"#));
+    // Publishing in its own region still works; only the import from b is missing.
+    let mut p = lonely.client().await;
+    p.publish("tech", "1").await.unwrap();
+}

@@ -34,6 +34,7 @@ pub(crate) const API_ROUTES: &[&str] = &[
     "/publish",
     "/admin/unsubscribe",
     "/healthz",
+    "/readyz",
     "/metrics",
 ];
 
@@ -54,6 +55,13 @@ pub(crate) async fn route(req: Request<Incoming>, shared: Shared) -> Response<Bo
         (&Method::POST, "/publish") => publish(req, &shared).await,
         (&Method::POST, "/admin/unsubscribe") => admin_unsubscribe(req, &shared).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/readyz") => match shared.broker.is_ready() {
+            true => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            false => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"starting"}"#.into(),
+            ),
+        },
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::from(shared.broker.metrics().encode()));
             resp.headers_mut().insert(
@@ -62,11 +70,13 @@ pub(crate) async fn route(req: Request<Incoming>, shared: Shared) -> Response<Bo
             );
             resp
         }
-        (_, "/ws" | "/publish" | "/admin/unsubscribe" | "/healthz" | "/metrics") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "method not allowed",
-        ),
+        (_, "/ws" | "/publish" | "/admin/unsubscribe" | "/healthz" | "/readyz" | "/metrics") => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                "method not allowed",
+            )
+        }
         (method, path) => shared
             .assets
             .respond(method, path, req.headers())

@@ -330,6 +330,22 @@ pub async fn post(addr: SocketAddr, path: &str, auth: &str, body: &str) -> (u16,
     (status, body)
 }
 
+/// A raw HTTP/1.1 GET; returns the status code and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
 /// Sends a Redis command over the Unix socket of `server` with redis-cli semantics.
 pub async fn redis_cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
     let client = redis::Client::open(server.url()).unwrap();
