@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use broker_core::{ChannelName, Limits, RateLimit, RegionName, StaticKeys};
 use clap::Parser;
+use replication_redis::{InvalidationScope, RedisReplicationConfig, Retention};
 use serde::Deserialize;
 use transport_quic::QuicConfig;
 use transport_ws::WsConfig;
@@ -39,6 +40,19 @@ pub struct Cli {
     /// This broker's region, stamped on every message as its origin [default: local].
     #[arg(long, value_name = "NAME")]
     pub region: Option<String>,
+    /// This region's Redis (e.g. redis://127.0.0.1:6379): replicate through Redis Streams to
+    /// the other nodes of the region and to peer regions. Without it the broker is in-process.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// A remote region and its Redis, as NAME=URL (repeatable).
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
+    /// This node's id within the region [default: random].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Do not serve the web client at `/`.
+    #[arg(long)]
+    pub no_web_client: bool,
     /// Also serve QUIC (ALPN pubsub.v1) on this UDP address, e.g. 127.0.0.1:4433.
     #[arg(long, value_name = "ADDR")]
     pub quic_listen: Option<SocketAddr>,
@@ -79,9 +93,39 @@ pub struct FileConfig {
     /// WebSocket front end settings.
     #[serde(default)]
     pub websocket: FileWebSocket,
+    /// This region's Redis URL; enables replication.
+    pub redis: Option<String>,
+    /// Remote regions: name = Redis URL.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// This node's id within the region.
+    pub node_id: Option<String>,
+    /// `global` (default) or `regional`: where an admin's invalidation applies.
+    pub invalidation: Option<String>,
+    /// Replication tuning.
+    #[serde(default)]
+    pub replication: FileReplication,
+    /// Serve the web client at `/` [default: true].
+    pub web_client: Option<bool>,
     /// QUIC front end settings; QUIC is served when `listen` is set.
     #[serde(default)]
     pub quic: FileQuic,
+}
+
+/// `[replication]` in the config file; see `replication_redis::RedisReplicationConfig`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplication {
+    /// Keep about this many entries per region stream.
+    pub retention_max_len: Option<u64>,
+    /// Or keep about this long, e.g. "24h" (overrides `retention_max_len`).
+    pub retention_max_age: Option<String>,
+    /// Message ids remembered per node for de-duplication.
+    pub dedup_window: Option<usize>,
+    /// Longest blocking read, e.g. "1s".
+    pub block: Option<String>,
+    /// Per-command timeout, e.g. "2s".
+    pub command_timeout: Option<String>,
 }
 
 /// An API key in the config file.
@@ -193,10 +237,17 @@ pub struct Settings {
     pub keys: StaticKeys,
     /// Keys generated at start, to print: (api key, admin token).
     pub generated: Option<(String, String)>,
+    /// The API key to put in the web client's URL printed at start: the generated key, else the
+    /// first configured key that has not expired.
+    pub page_key: Option<String>,
+    /// Whether the web client is served at `/`.
+    pub web_client: bool,
     /// Broker limits.
     pub limits: Limits,
     /// WebSocket settings.
     pub websocket: WsConfig,
+    /// Redis replication, when configured.
+    pub replication: Option<RedisReplicationConfig>,
     /// QUIC settings, when QUIC is served.
     pub quic: Option<QuicSettings>,
 }
@@ -299,6 +350,8 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
     };
 
     let mut keys = StaticKeys::new();
+    let mut page_key = None;
+    let now = SystemTime::now();
     let mut api_keys: Vec<KeySpec> = cli.api_keys.into_iter().map(KeySpec::Plain).collect();
     if api_keys.is_empty() {
         api_keys = file.api_keys;
@@ -327,6 +380,9 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
                 })
             })
             .transpose()?;
+        if page_key.is_none() && expires.is_none_or(|t| t > now) {
+            page_key = Some(key.clone());
+        }
         let name = name.unwrap_or_else(|| format!("api-key-{}", i + 1));
         keys = keys.with_api_key(&name, key, expires);
     }
@@ -344,6 +400,7 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         keys = keys
             .with_api_key("generated-key", &key, None)
             .with_admin_token("generated-admin", &token);
+        page_key = Some(key.clone());
         Some((key, token))
     } else {
         None
@@ -401,14 +458,27 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         &limits,
     )?;
 
+    let replication = replication(
+        &region,
+        cli.redis.or(file.redis),
+        cli.peers,
+        file.peers,
+        cli.node_id.or(file.node_id),
+        file.invalidation,
+        file.replication,
+    )?;
+
     Ok(Settings {
         listen,
         region,
         channels,
         keys,
         generated,
+        page_key,
+        web_client: !cli.no_web_client && file.web_client.unwrap_or(true),
         limits,
         websocket,
+        replication,
         quic,
     })
 }
@@ -467,6 +537,83 @@ fn quic_settings(
     }))
 }
 
+/// The replication settings, when this region's Redis is given.
+fn replication(
+    region: &RegionName,
+    redis: Option<String>,
+    cli_peers: Vec<String>,
+    file_peers: std::collections::BTreeMap<String, String>,
+    node_id: Option<String>,
+    invalidation: Option<String>,
+    tuning: FileReplication,
+) -> Result<Option<RedisReplicationConfig>, ConfigError> {
+    let has_peers = !cli_peers.is_empty() || !file_peers.is_empty();
+    let Some(url) = redis else {
+        if has_peers {
+            return Err(ConfigError::Invalid {
+                setting: "peer",
+                reason: "peers need this region's Redis too (--redis)".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let mut config = RedisReplicationConfig::new(region.clone(), url);
+    let mut peers: Vec<(String, String)> = Vec::new();
+    if cli_peers.is_empty() {
+        peers.extend(file_peers);
+    } else {
+        for p in cli_peers {
+            let (name, url) = p.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                setting: "peer",
+                reason: "expected NAME=URL".into(),
+            })?;
+            peers.push((name.trim().to_owned(), url.trim().to_owned()));
+        }
+    }
+    for (name, url) in peers {
+        let name = RegionName::parse(&name).map_err(|e| ConfigError::Invalid {
+            setting: "peer",
+            reason: e.to_string(),
+        })?;
+        if &name == region {
+            return Err(ConfigError::Invalid {
+                setting: "peer",
+                reason: format!("{name} is this broker's own region"),
+            });
+        }
+        config = config.peer(name, url);
+    }
+    if let Some(id) = node_id {
+        config.node_id = id;
+    }
+    config.invalidation = match invalidation.as_deref() {
+        None | Some("global") => InvalidationScope::Global,
+        Some("regional") => InvalidationScope::Regional,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                setting: "invalidation",
+                reason: format!("{other:?}: expected \"global\" or \"regional\""),
+            });
+        }
+    };
+    if let Some(n) = tuning.retention_max_len {
+        config.retention = Retention::MaxLen(n);
+    }
+    if let Some(age) = tuning.retention_max_age {
+        config.retention = Retention::MaxAge(duration("replication.retention_max_age", &age)?);
+    }
+    if let Some(n) = tuning.dedup_window {
+        config.dedup_window = n;
+    }
+    if let Some(v) = tuning.block {
+        config.block = duration("replication.block", &v)?;
+    }
+    if let Some(v) = tuning.command_timeout {
+        config.command_timeout = duration("replication.command_timeout", &v)?;
+    }
+    Ok(Some(config))
+}
+
 fn duration(setting: &'static str, v: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
         setting,
@@ -505,6 +652,8 @@ mod tests {
         let (key, token) = s.generated.unwrap();
         assert_ne!(key, token);
         assert_eq!(s.keys.len(), 2);
+        assert!(s.web_client);
+        assert_eq!(s.page_key, Some(key));
     }
 
     #[test]
@@ -516,6 +665,7 @@ mod tests {
             channels = ["a", "b"]
             api_keys = ["k1", { key = "k2", name = "mobile", expires = "2099-01-01T00:00:00Z" }]
             admin_tokens = ["t1"]
+            web_client = false
             [limits]
             max_payload = 1000
             publish_rate = 5
@@ -546,6 +696,82 @@ mod tests {
             })
         );
         assert_eq!(s.websocket.ping_interval, Duration::from_secs(5));
+        assert!(!s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn the_page_url_gets_a_usable_key_and_the_web_client_can_be_turned_off() {
+        let f = file(
+            r#"
+            api_keys = [{ key = "old", expires = "2001-01-01T00:00:00Z" }, "current"]
+            "#,
+        );
+        let s = merge(Cli::default(), f).unwrap();
+        assert_eq!(s.page_key.as_deref(), Some("current"));
+        assert!(s.web_client);
+        let cli = Cli {
+            admin_tokens: vec!["t".into()],
+            no_web_client: true,
+            ..Cli::default()
+        };
+        let s = merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(s.page_key, None);
+        assert!(!s.web_client);
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let s = merge(Cli::default(), file(include_str!("../broker.toml"))).unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert!(s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("change-me-client-key"));
+    }
+
+    #[test]
+    fn replication_settings() {
+        let s = merge(Cli::default(), FileConfig::default()).unwrap();
+        assert!(s.replication.is_none());
+        let cli = Cli {
+            region: Some("eu".into()),
+            redis: Some("redis://127.0.0.1:7000".into()),
+            peers: vec![
+                "us=redis://127.0.0.1:7001".into(),
+                "ap=redis://127.0.0.1:7002".into(),
+            ],
+            node_id: Some("eu-1".into()),
+            ..Cli::default()
+        };
+        let f = file("invalidation = \"regional\"\n[replication]\nretention_max_age = \"1h\"");
+        let r = merge(cli, f).unwrap().replication.unwrap();
+        assert_eq!(r.region.as_str(), "eu");
+        assert_eq!(r.node_id, "eu-1");
+        assert_eq!(r.peers.len(), 2);
+        assert_eq!(r.invalidation, InvalidationScope::Regional);
+        assert_eq!(r.retention, Retention::MaxAge(Duration::from_secs(3600)));
+
+        let f = file("redis = \"redis://x\"\n[peers]\nus = \"redis://y\"");
+        let r = merge(
+            Cli {
+                region: Some("eu".into()),
+                ..Cli::default()
+            },
+            f,
+        )
+        .unwrap();
+        assert_eq!(r.replication.unwrap().peers[0].region.as_str(), "us");
+
+        let own = Cli {
+            redis: Some("redis://x".into()),
+            peers: vec!["local=redis://y".into()],
+            ..Cli::default()
+        };
+        assert!(merge(own, FileConfig::default()).is_err());
+        let no_redis = Cli {
+            peers: vec!["us=redis://y".into()],
+            ..Cli::default()
+        };
+        assert!(merge(no_redis, FileConfig::default()).is_err());
     }
 
     #[test]

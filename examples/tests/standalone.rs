@@ -1,5 +1,5 @@
 //! The standalone binaries as a newcomer runs them: generated keys, the seed's scenario, Ctrl-C,
-//! QUIC beside WebSocket, and the example QUIC client.
+//! the web client, QUIC beside WebSocket, and the example QUIC client.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,8 +18,8 @@ struct Running {
     addr: String,
     key: String,
     admin: String,
-    /// The QUIC address and certificate fingerprint, when QUIC is served.
-    quic: Option<(String, String)>,
+    /// What it printed on stdout at start.
+    printed: Vec<String>,
 }
 
 impl Drop for Running {
@@ -34,11 +34,10 @@ fn start() -> Running {
     start_with(&[])
 }
 
-/// Like [`start`], with more arguments.
-fn start_with(extra: &[&str]) -> Running {
+fn start_with(args: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -47,9 +46,14 @@ fn start_with(extra: &[&str]) -> Running {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let (mut addr, mut key, mut admin) = (None, None, None);
-    let (mut quic_addr, mut fingerprint) = (None, None);
-    while addr.is_none() || key.is_none() || admin.is_none() {
+    let mut printed = Vec::new();
+    // The last line printed at start, with generated keys, is the websocat hint.
+    while !printed
+        .last()
+        .is_some_and(|l: &String| l.contains("try: websocat"))
+    {
         let line = lines.next().expect("broker exited early").unwrap();
+        printed.push(line.clone());
         let last = line.split_whitespace().last().unwrap_or("").to_owned();
         if line.starts_with("broker listening on http://") {
             addr = line
@@ -60,10 +64,6 @@ fn start_with(extra: &[&str]) -> Running {
             key = Some(last);
         } else if line.contains("generated admin token") {
             admin = Some(last);
-        } else if line.trim_start().starts_with("quic:") {
-            quic_addr = line.split_whitespace().nth(1).map(str::to_owned);
-        } else if line.contains("quic certificate SHA-256") {
-            fingerprint = Some(last);
         }
     }
     // Keep draining stdout so the child never blocks on a full pipe.
@@ -73,8 +73,26 @@ fn start_with(extra: &[&str]) -> Running {
         addr: addr.unwrap(),
         key: key.unwrap(),
         admin: admin.unwrap(),
-        quic: quic_addr.zip(fingerprint),
+        printed,
     }
+}
+
+/// The QUIC address and certificate fingerprint the broker printed at start.
+fn quic_info(b: &Running) -> (String, String) {
+    let line = |prefix: &str| {
+        b.printed
+            .iter()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {:?}", b.printed))
+            .clone()
+    };
+    let addr = line("quic:").split_whitespace().nth(1).unwrap().to_owned();
+    let fingerprint = line("quic certificate SHA-256:")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    (addr, fingerprint)
 }
 
 /// A file path in the temporary directory, unique to this test process and `name`.
@@ -92,7 +110,7 @@ fn start_with_quic(name: &str) -> (Running, SocketAddr, ClientConfig) {
         "--tls-write-cert",
         cert.to_str().unwrap(),
     ]);
-    let (quic_addr, fingerprint) = b.quic.clone().expect("no quic line printed");
+    let (quic_addr, fingerprint) = quic_info(&b);
     let trusted = tls::certificates_from_pem_file(&cert).unwrap();
     std::fs::remove_file(&cert).unwrap();
     assert_eq!(tls::fingerprint(&trusted[0]), fingerprint);
@@ -212,6 +230,46 @@ async fn ctrl_c_drains_connections_with_1001_and_exits_cleanly() {
     assert!(exit.success(), "{exit:?}");
 }
 
+#[test]
+fn the_printed_url_opens_the_web_client_unless_it_is_turned_off() {
+    let b = start();
+    let open = format!("  open: http://{}/?api_key={}", b.addr, b.key);
+    assert!(b.printed.contains(&open), "{:#?}", b.printed);
+    let page = http_get(&b.addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("content-type: text/html; charset=utf-8"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<label for=\"channel\">Channel</label>"),
+        "{page}"
+    );
+
+    let off = start_with(&["--no-web-client"]);
+    assert!(
+        !off.printed.iter().any(|l| l.contains("open:")),
+        "{:#?}",
+        off.printed
+    );
+    let page = http_get(&off.addr, "/");
+    assert!(page.starts_with("HTTP/1.1 404"), "{page}");
+}
+
+/// A raw HTTP/1.1 GET; returns the whole response, header names in lower case as hyper sends them.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 #[tokio::test]
 async fn quic_and_websocket_clients_share_the_standalone_broker() {
     let (mut b, quic_addr, config) = start_with_quic("shared.pem");
@@ -289,7 +347,7 @@ async fn the_example_quic_client_subscribes_and_publishes() {
         "--tls-write-cert",
         cert.to_str().unwrap(),
     ]);
-    let (quic_addr, _) = b.quic.clone().unwrap();
+    let (quic_addr, _) = quic_info(&b);
     let client = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quic-client"));
         cmd.args(["--addr", &quic_addr, "--cert", cert.to_str().unwrap()])

@@ -2,14 +2,16 @@
 //! when `--quic-listen` is given.
 //!
 //! `cargo run --release --bin broker` starts it on 127.0.0.1:8080 with the seed's five
-//! channels and a generated API key and admin token, printed at start.
+//! channels and a generated API key and admin token, printed at start, and serves the web
+//! client at `/` (the URL to open, key included, is printed too).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use broker_core::{AllowAll, AllowList, Broker, BrokerConfig, FilterPolicy};
+use broker_core::{AllowAll, AllowList, Broker, BrokerConfig, FilterPolicy, Metrics};
 use clap::Parser;
 use examples::config::{CertificateSource, Cli, QuicSettings};
+use replication_redis::RedisReplicator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -38,11 +40,26 @@ async fn main() -> ExitCode {
     };
     let mut config = BrokerConfig::with_region(settings.region.clone());
     config.limits = settings.limits.clone();
-    let broker = Broker::builder()
+    let metrics = Arc::new(Metrics::new());
+    let mut builder = Broker::builder()
         .config(config)
         .authenticator(Arc::new(settings.keys.clone()))
         .policy(policy)
-        .build();
+        .metrics(metrics.clone());
+    let replicator = match settings.replication.clone() {
+        Some(rc) => match RedisReplicator::new(rc, &metrics) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                eprintln!("broker: replication: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if let Some(r) = &replicator {
+        builder = builder.replicator(r.clone());
+    }
+    let broker = builder.build();
 
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(l) => l,
@@ -84,6 +101,34 @@ async fn main() -> ExitCode {
             println!("  quic certificate written to {}", path.display());
         }
     }
+    if let (true, Some(key)) = (settings.web_client, &settings.page_key) {
+        println!("  open: {}", examples::web::page_url(addr, key));
+    }
+    match &replicator {
+        Some(r) => {
+            let c = r.config();
+            let peers: Vec<String> = c.peers.iter().map(|p| p.region.to_string()).collect();
+            println!(
+                "  replication: Redis {} (node {}), peers: {}",
+                redact(&c.redis_url),
+                c.node_id,
+                if peers.is_empty() {
+                    "none".into()
+                } else {
+                    peers.join(", ")
+                }
+            );
+            let r = r.clone();
+            tokio::spawn(async move {
+                if r.wait_ready(std::time::Duration::from_secs(10)).await {
+                    tracing::info!("replication ready");
+                } else {
+                    tracing::warn!("replication not ready after 10 s: is every Redis reachable?");
+                }
+            });
+        }
+        None => println!("  replication: none (in-process; pass --redis URL to replicate)"),
+    }
     if let Some((key, token)) = &settings.generated {
         println!("  generated api key:     {key}");
         println!("  generated admin token: {token}");
@@ -98,10 +143,12 @@ async fn main() -> ExitCode {
         shutdown_signal().await;
         signal.cancel();
     });
+    let mut server = WsServer::new(broker, settings.websocket);
+    if settings.web_client {
+        server = server.with_static(examples::web::assets());
+    }
     let ws = async {
-        let result = WsServer::new(broker, settings.websocket)
-            .serve(listener, stop.clone().cancelled_owned())
-            .await;
+        let result = server.serve(listener, stop.clone().cancelled_owned()).await;
         stop.cancel();
         result
     };
@@ -161,6 +208,16 @@ fn prepare_quic(
         fingerprint: identity.fingerprint(),
         written: q.write_cert.clone(),
     })
+}
+
+/// A Redis URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
