@@ -30,6 +30,14 @@ pub const ADMIN: &str = "admin-1";
 /// How long a test waits for something it expects before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The test credentials: [`KEY`], [`KEY2`] and the admin token [`ADMIN`].
+pub fn keys() -> StaticKeys {
+    StaticKeys::new()
+        .with_api_key("app", KEY, None)
+        .with_api_key("app2", KEY2, None)
+        .with_admin_token("ops", ADMIN)
+}
+
 pub struct TestBroker {
     pub ws_addr: SocketAddr,
     pub quic_addr: SocketAddr,
@@ -46,16 +54,17 @@ impl TestBroker {
 
     /// One broker, served by a WebSocket server and a QUIC server.
     pub async fn with(limits: Limits, quic: QuicConfig) -> Self {
-        let keys = StaticKeys::new()
-            .with_api_key("app", KEY, None)
-            .with_api_key("app2", KEY2, None)
-            .with_admin_token("ops", ADMIN);
         let mut config = BrokerConfig::default();
         config.limits = limits;
         let broker = Broker::builder()
             .config(config)
-            .authenticator(Arc::new(keys))
+            .authenticator(Arc::new(keys()))
             .build();
+        Self::serving(broker, quic).await
+    }
+
+    /// Serves `broker` (built with [`keys`]) over WebSocket and QUIC.
+    pub async fn serving(broker: Arc<Broker>, quic: QuicConfig) -> Self {
         let identity = TlsIdentity::self_signed(&["localhost".into()]).unwrap();
         let stop = CancellationToken::new();
 
