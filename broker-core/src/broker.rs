@@ -243,6 +243,11 @@ impl Broker {
         Ok(local)
     }
 
+    /// Whether the broker can serve publishes fully (its replicator is connected and ready).
+    pub fn is_ready(&self) -> bool {
+        self.replicator.is_ready()
+    }
+
     /// Asks every connection to close (close code 1001). Transports finish writing and exit.
     pub fn shutdown(&self) {
         self.hub.close_all(CloseReason::Shutdown);

@@ -417,6 +417,40 @@ mod tests {
         assert!(matches!(e.kind, DecodeErrorKind::Malformed(_)));
     }
 
+    /// Random bytes and mutated valid frames: decoding returns, it never panics.
+    #[test]
+    fn decoding_arbitrary_input_never_panics() {
+        let seeds: [&[u8]; 4] = [
+            br#"{"type":"publish","id":"3","channel":"tech","data":{"a":[1,"x",null]}}"#,
+            br#"{"type":"subscribe","id":"1","channel":"tech"}"#,
+            br#"{"type":"auth","id":"a","api_key":"k"}"#,
+            br#"{"type":"ping"}"#,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let r = next();
+                let pos = (r as usize >> 8) % (input.len() + 1);
+                match r % 4 {
+                    0 if pos < input.len() => input[pos] = (r >> 32) as u8,
+                    1 => input.insert(pos, (r >> 40) as u8),
+                    2 if pos < input.len() => {
+                        input.remove(pos);
+                    }
+                    _ => input.truncate(pos),
+                }
+            }
+            let _ = JsonCodec.decode(&input);
+        }
+    }
+
     #[test]
     fn encodes_frames_as_documented() {
         let tech = ChannelName::parse("tech").unwrap();

@@ -42,6 +42,12 @@ pub trait Replicator: Send + Sync + fmt::Debug {
     /// nothing may have been delivered anywhere.
     async fn publish(&self, message: Message) -> Result<(), ReplicationError>;
 
+    /// Whether the replicator is ready to carry publishes everywhere it should (for readiness
+    /// probes). By default, always.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// Sends an invalidation, already applied on this node, to the other nodes and regions.
     /// By default invalidations stay on this node.
     async fn invalidate(&self, _filter: &InvalidationFilter) -> Result<(), ReplicationError> {

@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use broker_core::{ChannelName, Limits, RateLimit, RegionName, StaticKeys};
 use clap::Parser;
 use replication_redis::{InvalidationScope, RedisReplicationConfig, Retention};
 use serde::Deserialize;
+use transport_quic::QuicConfig;
 use transport_ws::WsConfig;
 
 /// Command-line flags. Every flag overrides the same setting of the config file.
@@ -15,7 +16,7 @@ use transport_ws::WsConfig;
 #[command(
     name = "broker",
     version,
-    about = "Multi-region pub/sub broker (WebSocket + HTTP)"
+    about = "Multi-region pub/sub broker (WebSocket + HTTP, and QUIC with --quic-listen)"
 )]
 pub struct Cli {
     /// TOML config file (see examples/broker.toml).
@@ -49,6 +50,22 @@ pub struct Cli {
     /// This node's id within the region [default: random].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// Do not serve the web client at `/`.
+    #[arg(long)]
+    pub no_web_client: bool,
+    /// Also serve QUIC (ALPN pubsub.v1) on this UDP address, e.g. 127.0.0.1:4433.
+    #[arg(long, value_name = "ADDR")]
+    pub quic_listen: Option<SocketAddr>,
+    /// QUIC certificate chain, PEM (with --tls-key). Without both, a self-signed certificate is
+    /// generated at start and its SHA-256 fingerprint printed.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// QUIC private key, PEM (PKCS#8, PKCS#1 or SEC1), for --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Write the QUIC certificate (PEM) to this file at start, for clients to trust.
+    #[arg(long, value_name = "PATH")]
+    pub tls_write_cert: Option<PathBuf>,
 }
 
 /// The config file. Every field is optional.
@@ -88,6 +105,11 @@ pub struct FileConfig {
     /// Replication tuning.
     #[serde(default)]
     pub replication: FileReplication,
+    /// Serve the web client at `/` [default: true].
+    pub web_client: Option<bool>,
+    /// QUIC front end settings; QUIC is served when `listen` is set.
+    #[serde(default)]
+    pub quic: FileQuic,
 }
 
 /// `[replication]` in the config file; see `replication_redis::RedisReplicationConfig`.
@@ -153,6 +175,26 @@ pub struct FileWebSocket {
     pub max_connections: Option<usize>,
 }
 
+/// `[quic]` in the config file; see `transport_quic::QuicConfig` for defaults.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuic {
+    /// UDP address to serve QUIC on; QUIC is off without it.
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain, PEM.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM.
+    pub tls_key: Option<PathBuf>,
+    /// Where to write the certificate (PEM) at start, for clients to trust.
+    pub write_cert: Option<PathBuf>,
+    /// Silence after which a connection is dropped, e.g. "40s".
+    pub idle_timeout: Option<String>,
+    /// Largest control-stream frame in bytes.
+    pub max_frame_size: Option<usize>,
+    /// Most simultaneous QUIC connections.
+    pub max_connections: Option<usize>,
+}
+
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,12 +237,61 @@ pub struct Settings {
     pub keys: StaticKeys,
     /// Keys generated at start, to print: (api key, admin token).
     pub generated: Option<(String, String)>,
+    /// The API key to put in the web client's URL printed at start: the generated key, else the
+    /// first configured key that has not expired.
+    pub page_key: Option<String>,
+    /// Whether the web client is served at `/`.
+    pub web_client: bool,
     /// Broker limits.
     pub limits: Limits,
     /// WebSocket settings.
     pub websocket: WsConfig,
     /// Redis replication, when configured.
     pub replication: Option<RedisReplicationConfig>,
+    /// QUIC settings, when QUIC is served.
+    pub quic: Option<QuicSettings>,
+}
+
+/// The QUIC front end's settings.
+#[derive(Debug)]
+pub struct QuicSettings {
+    /// UDP address to serve on.
+    pub listen: SocketAddr,
+    /// Where the certificate comes from.
+    pub certificate: CertificateSource,
+    /// Where to write the certificate at start.
+    pub write_cert: Option<PathBuf>,
+    /// Front end settings.
+    pub config: QuicConfig,
+}
+
+/// Where the QUIC certificate comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// PEM files given by the operator.
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate generated at start, valid for these names.
+    SelfSigned(Vec<String>),
+}
+
+/// The names a generated certificate is valid for: `localhost`, the loopback addresses, and the
+/// listen address when it is a specific one.
+pub fn self_signed_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ip = listen.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    names
 }
 
 impl Cli {
@@ -259,6 +350,8 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
     };
 
     let mut keys = StaticKeys::new();
+    let mut page_key = None;
+    let now = SystemTime::now();
     let mut api_keys: Vec<KeySpec> = cli.api_keys.into_iter().map(KeySpec::Plain).collect();
     if api_keys.is_empty() {
         api_keys = file.api_keys;
@@ -287,6 +380,9 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
                 })
             })
             .transpose()?;
+        if page_key.is_none() && expires.is_none_or(|t| t > now) {
+            page_key = Some(key.clone());
+        }
         let name = name.unwrap_or_else(|| format!("api-key-{}", i + 1));
         keys = keys.with_api_key(&name, key, expires);
     }
@@ -304,6 +400,7 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         keys = keys
             .with_api_key("generated-key", &key, None)
             .with_admin_token("generated-admin", &token);
+        page_key = Some(key.clone());
         Some((key, token))
     } else {
         None
@@ -352,6 +449,15 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         websocket.max_frame_size = limits.max_payload + 4096;
     }
 
+    let quic = quic_settings(
+        cli.quic_listen,
+        cli.tls_cert,
+        cli.tls_key,
+        cli.tls_write_cert,
+        file.quic,
+        &limits,
+    )?;
+
     let replication = replication(
         &region,
         cli.redis.or(file.redis),
@@ -368,10 +474,67 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         channels,
         keys,
         generated,
+        page_key,
+        web_client: !cli.no_web_client && file.web_client.unwrap_or(true),
         limits,
         websocket,
         replication,
+        quic,
     })
+}
+
+fn quic_settings(
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    write_cert: Option<PathBuf>,
+    file: FileQuic,
+    limits: &Limits,
+) -> Result<Option<QuicSettings>, ConfigError> {
+    let listen = listen.or(file.listen);
+    let cert = cert.or(file.tls_cert);
+    let key = key.or(file.tls_key);
+    let write_cert = write_cert.or(file.write_cert);
+    let Some(listen) = listen else {
+        if cert.is_some() || key.is_some() || write_cert.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "quic",
+                reason: "--tls-cert, --tls-key and --tls-write-cert need --quic-listen \
+                         (or `listen` in [quic])"
+                    .into(),
+            });
+        }
+        return Ok(None);
+    };
+    let certificate = match (cert, key) {
+        (Some(cert), Some(key)) => CertificateSource::Files { cert, key },
+        (None, None) => CertificateSource::SelfSigned(self_signed_names(listen)),
+        _ => {
+            return Err(ConfigError::Invalid {
+                setting: "quic.tls_cert",
+                reason: "a certificate and its key go together: give both or neither".into(),
+            });
+        }
+    };
+    let mut config = QuicConfig::default();
+    if let Some(v) = file.idle_timeout {
+        config.idle_timeout = duration("quic.idle_timeout", &v)?;
+    }
+    if let Some(v) = file.max_frame_size {
+        config.max_frame_size = v;
+    }
+    if let Some(v) = file.max_connections {
+        config.max_connections = v;
+    }
+    if config.max_frame_size < limits.max_payload {
+        config.max_frame_size = limits.max_payload + 4096;
+    }
+    Ok(Some(QuicSettings {
+        listen,
+        certificate,
+        write_cert,
+        config,
+    }))
 }
 
 /// The replication settings, when this region's Redis is given.
@@ -489,6 +652,8 @@ mod tests {
         let (key, token) = s.generated.unwrap();
         assert_ne!(key, token);
         assert_eq!(s.keys.len(), 2);
+        assert!(s.web_client);
+        assert_eq!(s.page_key, Some(key));
     }
 
     #[test]
@@ -500,6 +665,7 @@ mod tests {
             channels = ["a", "b"]
             api_keys = ["k1", { key = "k2", name = "mobile", expires = "2099-01-01T00:00:00Z" }]
             admin_tokens = ["t1"]
+            web_client = false
             [limits]
             max_payload = 1000
             publish_rate = 5
@@ -530,6 +696,36 @@ mod tests {
             })
         );
         assert_eq!(s.websocket.ping_interval, Duration::from_secs(5));
+        assert!(!s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn the_page_url_gets_a_usable_key_and_the_web_client_can_be_turned_off() {
+        let f = file(
+            r#"
+            api_keys = [{ key = "old", expires = "2001-01-01T00:00:00Z" }, "current"]
+            "#,
+        );
+        let s = merge(Cli::default(), f).unwrap();
+        assert_eq!(s.page_key.as_deref(), Some("current"));
+        assert!(s.web_client);
+        let cli = Cli {
+            admin_tokens: vec!["t".into()],
+            no_web_client: true,
+            ..Cli::default()
+        };
+        let s = merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(s.page_key, None);
+        assert!(!s.web_client);
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let s = merge(Cli::default(), file(include_str!("../broker.toml"))).unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert!(s.web_client);
+        assert_eq!(s.page_key.as_deref(), Some("change-me-client-key"));
     }
 
     #[test]
@@ -576,6 +772,75 @@ mod tests {
             ..Cli::default()
         };
         assert!(merge(no_redis, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn quic_is_served_when_a_listen_address_is_given() {
+        let s = merge(Cli::default(), FileConfig::default()).unwrap();
+        assert!(s.quic.is_none());
+
+        let cli = Cli {
+            quic_listen: Some("127.0.0.1:4433".parse().unwrap()),
+            tls_write_cert: Some("cert.pem".into()),
+            ..Cli::default()
+        };
+        let q = merge(cli, FileConfig::default()).unwrap().quic.unwrap();
+        assert_eq!(q.listen.port(), 4433);
+        assert_eq!(
+            q.certificate,
+            CertificateSource::SelfSigned(vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into()
+            ])
+        );
+        assert_eq!(q.write_cert, Some(PathBuf::from("cert.pem")));
+
+        let f = file(
+            r#"
+            [quic]
+            listen = "0.0.0.0:4433"
+            tls_cert = "file.crt"
+            tls_key = "file.key"
+            idle_timeout = "5s"
+            "#,
+        );
+        let cli = Cli {
+            tls_cert: Some("flag.crt".into()),
+            tls_key: Some("flag.key".into()),
+            ..Cli::default()
+        };
+        let q = merge(cli, f).unwrap().quic.unwrap();
+        assert_eq!(
+            q.certificate,
+            CertificateSource::Files {
+                cert: "flag.crt".into(),
+                key: "flag.key".into()
+            }
+        );
+        assert_eq!(q.config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            self_signed_names("10.1.2.3:1".parse().unwrap())
+                .last()
+                .unwrap(),
+            "10.1.2.3"
+        );
+    }
+
+    #[test]
+    fn tls_settings_without_quic_or_half_a_pair_are_refused() {
+        let cli = Cli {
+            tls_write_cert: Some("cert.pem".into()),
+            ..Cli::default()
+        };
+        let e = merge(cli, FileConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("--quic-listen"), "{e}");
+        let cli = Cli {
+            quic_listen: Some("127.0.0.1:4433".parse().unwrap()),
+            tls_cert: Some("c.pem".into()),
+            ..Cli::default()
+        };
+        assert!(merge(cli, FileConfig::default()).is_err());
     }
 
     #[test]

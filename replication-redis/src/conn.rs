@@ -4,24 +4,87 @@ use std::time::Duration;
 
 use broker_core::ReplicationError;
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// A lazily (re)connected multiplexed connection. Commands on it pipeline automatically, so
-/// concurrent publishes share one socket; blocking reads get a `Reconnecting` of their own.
+/// A connection to one Redis server or to a Redis Cluster. Both multiplex: concurrent commands
+/// share the socket(s), so blocking reads get a connection of their own.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(Client, AsyncConnectionConfig),
+    Cluster(ClusterClient),
+}
+
+/// Opens a connection target from a URL: one server, or a cluster given as a comma-separated
+/// list of its nodes' URLs (any reachable subset will do; the rest is discovered).
+fn target(url: &str, connect: Duration, response: Duration) -> Result<Target, RedisError> {
+    if url.contains(',') {
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(connect)
+            .response_timeout(response)
+            .build()?;
+        Ok(Target::Cluster(client))
+    } else {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response));
+        Ok(Target::Single(Client::open(url)?, config))
+    }
+}
+
+/// A lazily (re)connected connection, to one server or a cluster.
 pub(crate) struct Reconnecting {
-    client: Client,
+    target_conn: Target,
     target: String,
-    config: AsyncConnectionConfig,
     backoff: (Duration, Duration),
     reconnects: Counter,
     state: Mutex<State>,
 }
 
 struct State {
-    conn: Option<(MultiplexedConnection, u64)>,
+    conn: Option<(Conn, u64)>,
     generation: u64,
     next_attempt: Instant,
     delay: Duration,
@@ -30,7 +93,7 @@ struct State {
 
 /// A connection and the generation it belongs to, for [`Reconnecting::failed`].
 pub(crate) struct Lease {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: Conn,
     generation: u64,
 }
 
@@ -43,17 +106,13 @@ impl Reconnecting {
         backoff: (Duration, Duration),
         reconnects: Counter,
     ) -> Result<Self, ReplicationError> {
-        let client = Client::open(url).map_err(|e| {
+        let target_conn = self::target(url, connect_timeout, response_timeout).map_err(|e| {
             // The URL may hold a password: report the kind of error only.
             ReplicationError::Internal(format!("invalid Redis URL for {target}: {:?}", e.kind()))
         })?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(response_timeout));
         Ok(Self {
-            client,
+            target_conn,
             target: target.to_owned(),
-            config,
             backoff,
             reconnects,
             state: Mutex::new(State {
@@ -83,11 +142,14 @@ impl Reconnecting {
                 self.target
             )));
         }
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-        {
+        let connected = match &self.target_conn {
+            Target::Single(client, config) => client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map(Conn::Single),
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        };
+        match connected {
             Ok(conn) => {
                 st.generation += 1;
                 let generation = st.generation;

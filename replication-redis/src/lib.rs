@@ -9,7 +9,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let eu = RegionName::parse("eu")?;
 //! let config = RedisReplicationConfig::new(eu.clone(), "redis://127.0.0.1:6379")
-//!     .peer(RegionName::parse("us")?, "redis://10.0.0.2:6379");
+//!     .peer(RegionName::parse("us")?, "redis://redis.us.example:6379");
 //! let metrics = Arc::new(Metrics::new());
 //! let replicator = Arc::new(RedisReplicator::new(config, &metrics)?);
 //! let broker = Broker::builder()

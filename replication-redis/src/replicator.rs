@@ -11,13 +11,12 @@ use broker_core::{
     DeliverySink, InvalidationFilter, Message, Metrics, RegionName, ReplicationError, Replicator,
 };
 use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{InvalidationScope, Peer, RedisReplicationConfig};
-use crate::conn::{Reconnecting, describe, unavailable};
+use crate::conn::{Conn, Reconnecting, describe, unavailable};
 use crate::dedup::Dedup;
 use crate::entry::{Entry, Invalidation, StreamId, parse_range, parse_xread};
 use crate::metrics::ReplicationMetrics;
@@ -113,13 +112,15 @@ impl RedisReplicator {
         .map_err(SetupError::InvalidUrl)?;
         for p in &config.peers {
             // Validate peer URLs now rather than in a background task's log.
-            redis::Client::open(p.redis_url.as_str()).map_err(|e| {
-                SetupError::InvalidUrl(ReplicationError::Internal(format!(
-                    "invalid Redis URL for {}: {:?}",
-                    p.region,
-                    e.kind()
-                )))
-            })?;
+            Reconnecting::new(
+                &p.redis_url,
+                p.region.as_str(),
+                config.connect_timeout,
+                config.command_timeout,
+                config.reconnect_backoff,
+                Default::default(),
+            )
+            .map_err(SetupError::InvalidUrl)?;
         }
         let inner = Inner {
             log_key: config.log_key(&config.region),
@@ -203,6 +204,11 @@ impl Replicator for RedisReplicator {
                 self.cancel.clone(),
             ));
         }
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.inner.reader_ready.borrow()
+            && *self.inner.importers_ready.borrow() >= self.inner.config.peers.len()
     }
 
     async fn publish(&self, message: Message) -> Result<(), ReplicationError> {
@@ -574,7 +580,7 @@ enum Imported {
 
 async fn import_batch(
     inner: &Inner,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     cursor_key: &str,
     expected: StreamId,
     last: StreamId,
@@ -604,7 +610,7 @@ async fn import_batch(
 
 async fn acquire_lease(
     inner: &Inner,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     key: &str,
     ms: u64,
 ) -> Result<bool, RedisError> {
@@ -625,7 +631,7 @@ async fn acquire_lease(
 
 async fn renew_lease(
     inner: &Inner,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     key: &str,
     ms: u64,
 ) -> Result<bool, RedisError> {
@@ -639,16 +645,13 @@ async fn renew_lease(
     Ok(renewed == 1)
 }
 
-async fn get_cursor(
-    conn: &mut MultiplexedConnection,
-    key: &str,
-) -> Result<Option<StreamId>, RedisError> {
+async fn get_cursor(conn: &mut Conn, key: &str) -> Result<Option<StreamId>, RedisError> {
     let v: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
     Ok(v.as_deref().and_then(StreamId::parse))
 }
 
 /// The id of a stream's newest entry, or `0-0` for an empty or missing stream.
-async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> Result<StreamId, RedisError> {
+async fn last_id(conn: &mut Conn, key: &str) -> Result<StreamId, RedisError> {
     let reply: Value = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
@@ -663,7 +666,7 @@ async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> Result<StreamId
 
 /// Entries after `after`, counted up to `cap`.
 async fn count_after(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     key: &str,
     after: StreamId,
     cap: usize,
@@ -685,7 +688,7 @@ enum ReadError {
 }
 
 async fn xread(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     key: &str,
     after: StreamId,
     count: usize,

@@ -384,3 +384,61 @@ async fn regional_invalidation_stays_in_its_region() {
     p.publish("tech", "\"still here\"").await.unwrap();
     assert_eq!(recv(&mut s_b).await.data, "\"still here\"");
 }
+
+#[tokio::test]
+async fn a_region_on_a_redis_cluster_replicates_both_ways_and_across_its_nodes() {
+    let cluster = RedisCluster::start().await;
+    let rb = RedisServer::start(false).await;
+    let na1 = Node::start(config("a", &cluster.url()).peer(region("b"), rb.url()))
+        .await
+        .ready()
+        .await;
+    let na2 = Node::start(config("a", &cluster.url()).peer(region("b"), rb.url()))
+        .await
+        .ready()
+        .await;
+    let nb = Node::start(config("b", &rb.url()).peer(region("a"), cluster.url()))
+        .await
+        .ready()
+        .await;
+    let mut s_a2 = na2.subscriber(&["tech"]).await;
+    let mut s_b = nb.subscriber(&["tech"]).await;
+
+    let mut p_a1 = na1.client().await;
+    for i in 0..10 {
+        p_a1.publish("tech", &i.to_string()).await.unwrap();
+    }
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(collect(&mut s_a2, 10, WAIT).await, expected);
+    assert_eq!(collect(&mut s_b, 10, WAIT).await, expected);
+
+    let mut p_b = nb.client().await;
+    p_b.publish("tech", "\"from b\"").await.unwrap();
+    let m = recv(&mut s_a2).await;
+    assert_eq!((m.origin.as_str(), m.data.as_str()), ("b", "\"from b\""));
+    silence(&mut s_a2, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn readiness_waits_for_every_importer() {
+    let (ra, rb) = (
+        RedisServer::start(false).await,
+        RedisServer::start(false).await,
+    );
+    let gone = ra.dir.join("no-such.sock");
+    let lonely = Node::start(
+        config("a", &ra.url()).peer(region("b"), format!("redis+unix://{}", gone.display())),
+    )
+    .await;
+    let nb = Node::start(config("b", &rb.url()).peer(region("a"), ra.url()))
+        .await
+        .ready()
+        .await;
+    assert_eq!(get(nb.addr, "/readyz").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = get(lonely.addr, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"starting"}"#));
+    // Publishing in its own region still works; only the import from b is missing.
+    let mut p = lonely.client().await;
+    p.publish("tech", "1").await.unwrap();
+}

@@ -1,4 +1,5 @@
-//! HTTP routes on the WebSocket listener: upgrade, publish, admin invalidation, health, metrics.
+//! HTTP routes on the WebSocket listener: upgrade, publish, admin invalidation, health, metrics,
+//! and the optional static files.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::assets::StaticAssets;
 use crate::config::WsConfig;
 use crate::credential::{bearer, client_credential};
 use crate::io::ChunkedReader;
@@ -27,11 +29,22 @@ use crate::ws;
 
 pub(crate) type Body = Full<Bytes>;
 
+/// The broker's own paths; static files may not take them.
+pub(crate) const API_ROUTES: &[&str] = &[
+    "/ws",
+    "/publish",
+    "/admin/unsubscribe",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
 /// What every request handler needs.
 #[derive(Clone, Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: Arc<WsConfig>,
+    pub(crate) assets: Arc<StaticAssets>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -43,6 +56,13 @@ pub(crate) async fn route(req: Request<Incoming>, shared: Shared) -> Response<Bo
         (&Method::POST, "/publish") => publish(req, &shared).await,
         (&Method::POST, "/admin/unsubscribe") => admin_unsubscribe(req, &shared).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/readyz") => match shared.broker.is_ready() {
+            true => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            false => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"starting"}"#.into(),
+            ),
+        },
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::from(shared.broker.metrics().encode()));
             resp.headers_mut().insert(
@@ -51,12 +71,17 @@ pub(crate) async fn route(req: Request<Incoming>, shared: Shared) -> Response<Bo
             );
             resp
         }
-        (_, "/ws" | "/publish" | "/admin/unsubscribe" | "/healthz" | "/metrics") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "method not allowed",
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        (_, "/ws" | "/publish" | "/admin/unsubscribe" | "/healthz" | "/readyz" | "/metrics") => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                "method not allowed",
+            )
+        }
+        (method, path) => shared
+            .assets
+            .respond(method, path, req.headers())
+            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such route")),
     }
 }
 
@@ -93,6 +118,7 @@ async fn upgrade(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
         config,
         shutdown,
         tasks,
+        ..
     } = shared;
     tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -286,7 +312,7 @@ fn wire_error(e: &dyn WireError) -> Response<Body> {
     error(status, code.as_str(), &e.to_string())
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(
         status,
         serde_json::json!({ "code": code, "message": message }).to_string(),

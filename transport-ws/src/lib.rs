@@ -1,5 +1,6 @@
 //! WebSocket and HTTP front end for [`broker_core`]: the `pubsub.v1` protocol at `GET /ws`,
-//! `POST /publish`, `POST /admin/unsubscribe`, `GET /healthz` and `GET /metrics` on one listener.
+//! `POST /publish`, `POST /admin/unsubscribe`, `GET /healthz` and `GET /metrics` on one listener,
+//! plus, when given [`StaticAssets`], static files such as a browser client.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -17,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod assets;
 pub mod client;
 mod config;
 mod credential;
@@ -36,6 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::assets::StaticAssets;
 pub use crate::client::{Client, ClientError, Event, Received};
 pub use crate::config::WsConfig;
 
@@ -44,12 +47,24 @@ pub use crate::config::WsConfig;
 pub struct WsServer {
     broker: Arc<Broker>,
     config: WsConfig,
+    assets: StaticAssets,
 }
 
 impl WsServer {
     /// A server for `broker`.
     pub fn new(broker: Arc<Broker>, config: WsConfig) -> Self {
-        Self { broker, config }
+        Self {
+            broker,
+            config,
+            assets: StaticAssets::new(),
+        }
+    }
+
+    /// Also serves `assets` (for example a web client) with `GET` and `HEAD` on the same
+    /// listener. Without it, only the broker's routes answer.
+    pub fn with_static(mut self, assets: StaticAssets) -> Self {
+        self.assets = assets;
+        self
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then closes every
@@ -65,6 +80,7 @@ impl WsServer {
         let shared = http::Shared {
             broker: self.broker,
             config: Arc::new(self.config.clone()),
+            assets: Arc::new(self.assets),
             shutdown: token.clone(),
             tasks: tasks.clone(),
         };

@@ -456,6 +456,8 @@ async fn health_and_metrics() {
     let b = TestBroker::start().await;
     let (st, body) = b.http("GET", "/healthz", &[], "").await;
     assert_eq!((st, body), (200, json!({"status":"ok"})));
+    let (st, body) = b.http("GET", "/readyz", &[], "").await;
+    assert_eq!((st, body), (200, json!({"status":"ready"})));
     let _s = b.subscriber(KEY, &["tech"]).await;
     let (st, _) = b
         .http(

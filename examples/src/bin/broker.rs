@@ -1,17 +1,21 @@
-//! The standalone broker: WebSocket + HTTP front end over broker-core.
+//! The standalone broker: WebSocket + HTTP front end over broker-core, and QUIC beside it
+//! when `--quic-listen` is given.
 //!
 //! `cargo run --release --bin broker` starts it on 127.0.0.1:8080 with the seed's five
-//! channels and a generated API key and admin token, printed at start.
+//! channels and a generated API key and admin token, printed at start, and serves the web
+//! client at `/` (the URL to open, key included, is printed too).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use broker_core::{AllowAll, AllowList, Broker, BrokerConfig, FilterPolicy, Metrics};
 use clap::Parser;
-use examples::config::Cli;
+use examples::config::{CertificateSource, Cli, QuicSettings};
 use replication_redis::RedisReplicator;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use transport_quic::{QuicServer, TlsIdentity};
 use transport_ws::WsServer;
 
 #[tokio::main]
@@ -65,6 +69,16 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(settings.listen);
+    let quic = match &settings.quic {
+        Some(q) => match prepare_quic(q, Arc::clone(&broker)) {
+            Ok(prepared) => Some(prepared),
+            Err(e) => {
+                eprintln!("broker: quic: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let channels = match &settings.channels {
         Some(list) => list
             .iter()
@@ -80,6 +94,16 @@ async fn main() -> ExitCode {
         settings.region
     );
     println!("  websocket: ws://{addr}/ws");
+    if let Some(q) = &quic {
+        println!("  quic:      {} (ALPN pubsub.v1)", q.addr);
+        println!("  quic certificate SHA-256: {}", q.fingerprint);
+        if let Some(path) = &q.written {
+            println!("  quic certificate written to {}", path.display());
+        }
+    }
+    if let (true, Some(key)) = (settings.web_client, &settings.page_key) {
+        println!("  open: {}", examples::web::page_url(addr, key));
+    }
     match &replicator {
         Some(r) => {
             let c = r.config();
@@ -112,19 +136,78 @@ async fn main() -> ExitCode {
     }
 
     tracing::info!(%addr, region = %settings.region, "serving");
-    let result = WsServer::new(broker, settings.websocket)
-        .serve(listener, shutdown_signal())
-        .await;
-    match result {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("broker: {e}");
-            ExitCode::from(1)
+    // Either server stopping (on the signal, or failing) stops the other.
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    let mut server = WsServer::new(broker, settings.websocket);
+    if settings.web_client {
+        server = server.with_static(examples::web::assets());
+    }
+    let ws = async {
+        let result = server.serve(listener, stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        result
+    };
+    let quic = async {
+        let Some(q) = quic else {
+            return Ok(());
+        };
+        let result = q
+            .server
+            .serve(q.socket, stop.clone().cancelled_owned())
+            .await;
+        stop.cancel();
+        result
+    };
+    let (ws, quic) = tokio::join!(ws, quic);
+    let mut code = ExitCode::SUCCESS;
+    for (name, result) in [("websocket", ws), ("quic", quic)] {
+        if let Err(e) = result {
+            eprintln!("broker: {name}: {e}");
+            code = ExitCode::from(1);
         }
     }
+    tracing::info!("stopped");
+    code
+}
+
+/// A QUIC server ready to serve: certificate loaded or generated (and written if asked), UDP
+/// socket bound.
+struct PreparedQuic {
+    server: QuicServer,
+    socket: std::net::UdpSocket,
+    addr: std::net::SocketAddr,
+    fingerprint: String,
+    written: Option<std::path::PathBuf>,
+}
+
+fn prepare_quic(
+    q: &QuicSettings,
+    broker: Arc<Broker>,
+) -> Result<PreparedQuic, Box<dyn std::error::Error>> {
+    let identity = match &q.certificate {
+        CertificateSource::Files { cert, key } => TlsIdentity::from_pem_files(cert, key)?,
+        CertificateSource::SelfSigned(names) => TlsIdentity::self_signed(names)?,
+    };
+    if let Some(path) = &q.write_cert {
+        std::fs::write(path, identity.certificate_pem())
+            .map_err(|e| format!("cannot write the certificate to {}: {e}", path.display()))?;
+    }
+    let socket = std::net::UdpSocket::bind(q.listen)
+        .map_err(|e| format!("cannot listen on udp {}: {e}", q.listen))?;
+    let addr = socket.local_addr()?;
+    let server = QuicServer::new(broker, &identity, q.config.clone())?;
+    Ok(PreparedQuic {
+        server,
+        socket,
+        addr,
+        fingerprint: identity.fingerprint(),
+        written: q.write_cert.clone(),
+    })
 }
 
 /// A Redis URL without its password, for printing.

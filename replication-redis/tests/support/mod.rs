@@ -330,6 +330,22 @@ pub async fn post(addr: SocketAddr, path: &str, auth: &str, body: &str) -> (u16,
     (status, body)
 }
 
+/// A raw HTTP/1.1 GET; returns the status code and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
 /// Sends a Redis command over the Unix socket of `server` with redis-cli semantics.
 pub async fn redis_cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
     let client = redis::Client::open(server.url()).unwrap();
@@ -345,4 +361,133 @@ pub async fn redis_cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A three-master Redis Cluster of our own on free loopback ports.
+pub struct RedisCluster {
+    nodes: Vec<RedisNode>,
+    pub dir: PathBuf,
+}
+
+struct RedisNode {
+    port: u16,
+    child: Child,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pubsub-cluster-{}-{:x}",
+            std::process::id(),
+            broker_core::ids::random_u64() & 0xffff_ffff
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            // Redis cannot be told to pick a port: take a free one and hand it over.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("redis-server")
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{i}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--save")
+                .arg("")
+                .arg("--appendonly")
+                .arg("no")
+                .arg("--logfile")
+                .arg(dir.join(format!("redis-{i}.log")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            nodes.push(RedisNode { port, child });
+        }
+        for n in &nodes {
+            wait_tcp_ping(n.port).await;
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed with redis-server");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = Self { nodes, dir };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for n in &c.nodes {
+            loop {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{}", n.port)).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster never became ok"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        c
+    }
+
+    /// The nodes' URLs, comma-separated: the replicator's cluster form.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn wait_tcp_ping(port: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s.write_all(b"PING\r\n").await;
+            let mut buf = [0u8; 7];
+            if s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n" {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not start on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

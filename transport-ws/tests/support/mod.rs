@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use transport_ws::{WsConfig, WsServer};
+use transport_ws::{StaticAssets, WsConfig, WsServer};
 
 pub const KEY: &str = "key-1";
 pub const KEY2: &str = "key-2";
@@ -38,6 +38,15 @@ impl TestBroker {
     }
 
     pub async fn with(limits: Limits, ws: WsConfig) -> Self {
+        Self::serving(limits, ws, None).await
+    }
+
+    /// A broker that also serves `assets`.
+    pub async fn with_assets(assets: StaticAssets) -> Self {
+        Self::serving(Limits::default(), WsConfig::default(), Some(assets)).await
+    }
+
+    async fn serving(limits: Limits, ws: WsConfig, assets: Option<StaticAssets>) -> Self {
         let keys = StaticKeys::new()
             .with_api_key("app", KEY, None)
             .with_api_key("app2", KEY2, None)
@@ -51,7 +60,10 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = WsServer::new(broker.clone(), ws);
+        let mut server = WsServer::new(broker.clone(), ws);
+        if let Some(assets) = assets {
+            server = server.with_static(assets);
+        }
         let task = tokio::spawn(async move {
             server
                 .serve(listener, async {
@@ -258,4 +270,31 @@ pub async fn http(
         Value::String(String::from_utf8_lossy(&bytes).into_owned())
     };
     (status, value)
+}
+
+/// One HTTP/1.1 request over a fresh connection; the raw status, headers and body.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
 }
