@@ -144,6 +144,16 @@ start_broker() { # start_broker NAME [broker flags…]: sets BROKER_PID and BROK
   addr=$(sed -n 's|^broker listening on http://\([^ ]*\).*|\1|p' "$out" | head -1)
   [ -n "$addr" ] || { log "broker $name did not start"; return 1; }
   BROKER_URL=ws://$addr/ws
+  # With --quic-listen, the QUIC address is printed a line or two later.
+  QUIC_ADDR=
+  if [[ " $* " == *" --quic-listen "* ]]; then
+    for _ in $(seq 100); do
+      QUIC_ADDR=$(sed -n 's|^  quic: *\([0-9.:]*\) .*|\1|p' "$out" | head -1)
+      [ -n "$QUIC_ADDR" ] && [ -s "$WORK/cert.pem" ] && break
+      sleep 0.05
+    done
+    [ -n "$QUIC_ADDR" ] || { log "broker $name did not start QUIC"; return 1; }
+  fi
 }
 
 NATS_PID=; NATS_URL=
@@ -245,6 +255,17 @@ idle_scenario() {
   done
 }
 
+# quic_scenario LABEL ROUND loadgen-args…: our broker over QUIC (compared with its WebSocket
+# runs of the same round).
+quic_scenario() {
+  local label=$1 round=$2; shift 2
+  rm -f "$WORK/cert.pem"
+  start_broker quic --quic-listen 127.0.0.1:0 --tls-write-cert "$WORK/cert.pem"
+  run "$label" quic "$round" "$@" --backend quic --url "quic://$QUIC_ADDR" --cert "$WORK/cert.pem" \
+    --api-key "$KEY" --broker-pid "$BROKER_PID"
+  stop_pid "$BROKER_PID"
+}
+
 replication_scenario() {
   local label=$1 round=$2; shift 2
   REDIS_PIDS=()
@@ -288,6 +309,7 @@ WINDOW=(--window 64)
 for round in $(seq "$ROUNDS"); do
   for n in "${FANOUT_SIZES[@]}"; do
     scenario "fanout-$n" "$round" fanout --subscribers "$n" "${WINDOW[@]}" "${T[@]}"
+    quic_scenario "quic-$n" "$round" fanout --subscribers "$n" "${WINDOW[@]}" "${T[@]}"
   done
   scenario "latency-$LAT_SUBS-x200" "$round" fanout --subscribers "$LAT_SUBS" --rate 200 "${T[@]}"
   scenario "channels" "$round" channels "${CH[@]}" "${WINDOW[@]}" "${T[@]}"

@@ -44,6 +44,8 @@ pub enum BackendKind {
     Ws,
     /// NATS client protocol over WebSocket.
     Nats,
+    /// Our `pubsub.v1` over QUIC.
+    Quic,
 }
 
 /// The broker to drive.
@@ -52,7 +54,8 @@ pub struct TargetArgs {
     /// Protocol.
     #[arg(long, value_enum, default_value = "ws")]
     pub backend: BackendKind,
-    /// WebSocket URL: `ws://127.0.0.1:8080/ws` for ours, `ws://127.0.0.1:PORT` for NATS.
+    /// Where the broker is: `ws://127.0.0.1:8080/ws` for ours, `ws://127.0.0.1:PORT` for
+    /// NATS, `quic://127.0.0.1:4433` for QUIC.
     #[arg(long)]
     pub url: String,
     /// API key (ours).
@@ -61,6 +64,12 @@ pub struct TargetArgs {
     /// Auth token (NATS).
     #[arg(long)]
     pub token: Option<String>,
+    /// The broker's certificate, PEM (QUIC; `broker --tls-write-cert` writes it).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The name the certificate is valid for (QUIC).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
 }
 
 impl TargetArgs {
@@ -71,6 +80,7 @@ impl TargetArgs {
             match self.backend {
                 BackendKind::Ws => "ws".into(),
                 BackendKind::Nats => "nats".into(),
+                BackendKind::Quic => "quic".into(),
             },
             "--url".into(),
             self.url.clone(),
@@ -81,6 +91,12 @@ impl TargetArgs {
             v.push("--token".into());
             v.push(t.clone());
         }
+        if let Some(c) = &self.cert {
+            v.push("--cert".into());
+            v.push(c.display().to_string());
+        }
+        v.push("--server-name".into());
+        v.push(self.server_name.clone());
         v
     }
 }

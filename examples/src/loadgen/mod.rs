@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use self::backend::Backend;
 use self::backend::nats::NatsWs;
 use self::backend::pubsub_ws::PubsubWs;
+use self::backend::quic::QuicBackend;
 use self::cli::{BackendKind, Cli, Command, TargetArgs, TrafficArgs};
 use self::stats::RunReport;
 use self::traffic::{PublisherSpec, SubscriberSpec, TrafficPlan};
@@ -198,6 +199,24 @@ fn make_backend(t: &TargetArgs, payload: usize) -> Result<Arc<dyn Backend>, Load
     Ok(match t.backend {
         BackendKind::Ws => Arc::new(PubsubWs::new(&t.url, &t.api_key, payload)?),
         BackendKind::Nats => Arc::new(NatsWs::new(&t.url, t.token.as_deref())?),
+        BackendKind::Quic => {
+            let addr = t
+                .url
+                .strip_prefix("quic://")
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| LoadError::Config(format!("{}: expected quic://IP:PORT", t.url)))?;
+            let cert = t
+                .cert
+                .as_deref()
+                .ok_or_else(|| LoadError::Config("--cert is required for QUIC".into()))?;
+            Arc::new(QuicBackend::new(
+                addr,
+                cert,
+                &t.server_name,
+                &t.api_key,
+                payload,
+            )?)
+        }
     })
 }
 

@@ -573,6 +573,10 @@ fn fanout_details(s: &mut String, r: &Results) {
     for label in labels {
         run_rows(s, r, &label);
     }
+    // Our broker over QUIC, same scenario and sizes.
+    for label in r.labels("quic-") {
+        run_rows(s, r, &label);
+    }
     s.push('\n');
 }
 

@@ -1,10 +1,11 @@
 //! What the load generator needs from a broker, whatever its protocol: connections that
 //! subscribe and receive, connections that publish. Each backend (our `pubsub.v1` over
-//! WebSocket, NATS over WebSocket, our QUIC transport) implements [`Backend`]; the scenarios
+//! WebSocket, NATS over WebSocket, our `pubsub.v1` over QUIC) implements [`Backend`]; the scenarios
 //! only see these traits, so every broker is driven and measured by the same code.
 
 pub mod nats;
 pub mod pubsub_ws;
+pub mod quic;
 
 use std::fmt;
 use std::net::IpAddr;

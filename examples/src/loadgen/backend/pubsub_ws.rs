@@ -171,7 +171,7 @@ fn close_error(payload: &[u8]) -> LoadError {
 }
 
 /// The payload of a `message` frame, or `None` for any other frame.
-fn message_payload(frame: &[u8], payload_size: usize) -> Option<&[u8]> {
+pub(crate) fn message_payload(frame: &[u8], payload_size: usize) -> Option<&[u8]> {
     if !frame.starts_with(MESSAGE_PREFIX) || frame.last() != Some(&b'}') {
         return None;
     }
