@@ -8,11 +8,15 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use broker_core::{CloseReason, Codec, DecodeError, DecodeErrorKind, JsonCodec, Outbound, Session};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{MissedTickBehavior, interval_at, timeout};
@@ -60,6 +64,14 @@ pub(crate) async fn run<S>(
     // Once the client has sent a close frame, tungstenite answers it and nothing else may go
     // out.
     let mut peer_closed = false;
+    let (read_gate, tick_gate, shutdown_gate) = (Gate::new(), Gate::new(), Gate::new());
+    // tungstenite may hold output of its own (a pong it owes) after reading; it is flushed
+    // before queued frames are written under it.
+    let mut tungstenite_output = false;
+    // Pinned once: recreating it on every iteration would register and unregister a waiter.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut shutting_down = false;
 
     let outcome: Result<(), WsError> = async {
         loop {
@@ -73,6 +85,9 @@ pub(crate) async fn run<S>(
                         batch.clear();
                     }
                     if !batch.is_empty() {
+                        if std::mem::take(&mut tungstenite_output) {
+                            ws.flush().await?;
+                        }
                         write_batch(&mut ws, &mut batch, &codec, config.write_buffer_size).await?;
                     }
                     if let Some(reason) = closing {
@@ -83,7 +98,8 @@ pub(crate) async fn run<S>(
                         return Ok(());
                     }
                 }
-                frame = ws.next() => {
+                frame = poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))) => {
+                    tungstenite_output = true;
                     let Some(frame) = frame else { return Ok(()) };
                     last_heard = Instant::now();
                     match frame {
@@ -110,7 +126,7 @@ pub(crate) async fn run<S>(
                         Err(e) => return Err(e),
                     }
                 }
-                _ = ticker.tick() => {
+                _ = poll_fn(|cx| tick_gate.poll(cx, |cx| ticker.poll_tick(cx))) => {
                     if batch.capacity() > BATCH_KEEP {
                         batch = VecDeque::new();
                     }
@@ -124,7 +140,10 @@ pub(crate) async fn run<S>(
                         ws.send(Message::Ping(Bytes::new())).await?;
                     }
                 }
-                _ = shutdown.cancelled() => {
+                _ = poll_fn(|cx| shutdown_gate.poll(cx, |cx| cancelled.as_mut().poll(cx))),
+                    if !shutting_down =>
+                {
+                    shutting_down = true;
                     conn.close(CloseReason::Shutdown);
                 }
             }
@@ -140,12 +159,76 @@ pub(crate) async fn run<S>(
     }
 }
 
+/// Polls a future or stream only when it may make progress: after it woke its task (through
+/// the gate's own waker) or after its last poll produced something. A `select!` loop would
+/// otherwise poll every branch on every wake-up for queued frames; for the WebSocket reader
+/// each such poll costs tungstenite a buffer reset and a read attempt, and with one frame per
+/// wake-up (a modest rate to many subscribers) the useless polls were a third of the broker's
+/// own work per delivery.
+struct Gate {
+    state: Arc<GateState>,
+    waker: Waker,
+}
+
+struct GateState {
+    /// Worth polling: the last poll was ready, or the gated future woke since.
+    armed: AtomicBool,
+    /// The connection task, to wake when the gated future wakes.
+    task: AtomicWaker,
+}
+
+impl Wake for GateState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.armed.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Gate {
+    fn new() -> Self {
+        let state = Arc::new(GateState {
+            armed: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            waker: Waker::from(Arc::clone(&state)),
+            state,
+        }
+    }
+
+    /// Calls `poll` with the gate's waker if it may make progress, else stays pending.
+    fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.state.task.register(cx.waker());
+        // Disarmed before the poll, so that a wake-up during it is not lost.
+        if !self.state.armed.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        match poll(&mut Context::from_waker(&self.waker)) {
+            Poll::Ready(item) => {
+                // A stream may have more buffered, with no wake-up to come for it.
+                self.state.armed.store(true, Ordering::Release);
+                Poll::Ready(item)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// Writes every queued item as a text frame, in order, gathering up to `limit` bytes per
 /// socket write.
 ///
 /// The frames go to the socket under tungstenite, which is safe because tungstenite's own
-/// write buffer is flushed first (it may hold an automatic pong) and nothing else writes until
-/// this returns: frames never interleave. The payloads are the JSON codec's output, always
+/// write buffer is flushed first (by the caller, whenever tungstenite may hold output: an
+/// automatic pong after a read) and nothing else writes until this returns: frames never
+/// interleave. The payloads are the JSON codec's output, always
 /// valid UTF-8 (`broker_core::encode_message_json` guarantees it for messages; replies are
 /// built from strings), as text frames require.
 ///
@@ -161,7 +244,6 @@ async fn write_batch<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.flush().await?;
     let io = ws.get_mut();
     while !batch.is_empty() {
         let rest = SCRATCH.with_borrow_mut(|buf| -> std::io::Result<Option<Vec<u8>>> {
