@@ -35,6 +35,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// at the next tick, so that a connection that once had a burst does not keep its memory.
 const BATCH_KEEP: usize = 64;
 
+/// Queue slots not worth keeping between wake-ups.
+const SMALL_BATCH: usize = 8;
+
 thread_local! {
     /// Frames gathered for one socket write, shared by every connection served on this thread
     /// (it is never held across an await), so that no connection keeps a write buffer.
@@ -42,38 +45,45 @@ thread_local! {
 }
 
 /// Drives one upgraded connection until it closes.
-pub(crate) async fn run<S>(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps its parameters twice in its future (as captured arguments and as the locals they are
+/// moved into), which cost every idle connection 432 bytes.
+pub(crate) fn run<S>(
     mut ws: WebSocketStream<S>,
     mut session: Session,
     config: Arc<WsConfig>,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let codec = JsonCodec;
-    let conn = session.connection().clone();
-    let id = conn.id();
-    let mut batch: VecDeque<Outbound> = VecDeque::new();
-    // Kept across iterations so that a wake-up arriving while another branch runs is not lost.
-    let ready = conn.ready();
-    tokio::pin!(ready);
-    let start = tokio::time::Instant::now() + config.ping_interval;
-    let mut ticker = interval_at(start, config.ping_interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Once the client has sent a close frame, tungstenite answers it and nothing else may go
-    // out.
-    let mut peer_closed = false;
-    let (read_gate, tick_gate, shutdown_gate) = (Gate::new(), Gate::new(), Gate::new());
-    // tungstenite may hold output of its own (a pong it owes) after reading; it is flushed
-    // before queued frames are written under it.
-    let mut tungstenite_output = false;
-    // Pinned once: recreating it on every iteration would register and unregister a waiter.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let mut shutting_down = false;
+    async move {
+        let codec = JsonCodec;
+        let conn = session.connection().clone();
+        let id = conn.id();
+        let mut batch: VecDeque<Outbound> = VecDeque::new();
+        // Kept across iterations so that a wake-up arriving while another branch runs is not lost.
+        let ready = conn.ready();
+        tokio::pin!(ready);
+        let start = tokio::time::Instant::now() + config.ping_interval;
+        let mut ticker = interval_at(start, config.ping_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        // Once the client has sent a close frame, tungstenite answers it and nothing else may go
+        // out.
+        let mut peer_closed = false;
+        // One gate for everything but the queue: the socket, the ping timer and shutdown.
+        let gate = Gate::new();
+        // tungstenite may hold output of its own (a pong it owes) after reading; it is flushed
+        // before queued frames are written under it.
+        let mut tungstenite_output = false;
+        // Pinned once: recreating it on every iteration would register and unregister a waiter.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut shutting_down = false;
 
-    let outcome: Result<(), WsError> = async {
+        let outcome: Result<(), WsError> = async {
         loop {
             tokio::select! {
                 // Queued frames first: a wake-up for them then polls nothing else.
@@ -90,6 +100,10 @@ pub(crate) async fn run<S>(
                         }
                         write_batch(&mut ws, &mut batch, &codec, config.write_buffer_size).await?;
                     }
+                    if batch.capacity() <= SMALL_BATCH {
+                        // Cheap to allocate again; an idle connection then keeps no queue.
+                        batch = VecDeque::new();
+                    }
                     if let Some(reason) = closing {
                         // Boxed: a cold path that would otherwise enlarge every connection's
                         // task by its timer.
@@ -98,65 +112,85 @@ pub(crate) async fn run<S>(
                         return Ok(());
                     }
                 }
-                frame = poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))) => {
-                    tungstenite_output = true;
-                    let Some(frame) = frame else { return Ok(()) };
-                    last_heard = Instant::now();
-                    match frame {
-                        Ok(Message::Text(text)) => {
-                            // Boxed: the request's future (a publish through the replicator) is
-                            // large and short-lived; inline, every idle connection would carry
-                            // its space.
-                            Box::pin(session.handle_frame(&codec, text.as_bytes(), last_heard))
-                                .await;
+                event = poll_fn(|cx| gate.poll(cx, |cx| {
+                    if let Poll::Ready(frame) = ws.poll_next_unpin(cx) {
+                        return Poll::Ready(Event::Frame(frame));
+                    }
+                    if !shutting_down && cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                    ticker.poll_tick(cx).map(|_| Event::Tick)
+                })) => match event {
+                    Event::Frame(frame) => {
+                        tungstenite_output = true;
+                        let Some(frame) = frame else { return Ok(()) };
+                        last_heard = Instant::now();
+                        match frame {
+                            Ok(Message::Text(text)) => {
+                                // Boxed: the request's future (a publish through the replicator)
+                                // is large and short-lived; inline, every idle connection would
+                                // carry its space.
+                                Box::pin(session.handle_frame(&codec, text.as_bytes(), last_heard))
+                                    .await;
+                            }
+                            Ok(Message::Binary(_)) => session.reply_decode_error(DecodeError {
+                                id: None,
+                                kind: DecodeErrorKind::Binary,
+                            }),
+                            // Pings are answered by tungstenite; a close is answered on the next
+                            // poll, which then ends the stream.
+                            Ok(Message::Close(_)) => peer_closed = true,
+                            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                            Err(WsError::Capacity(e)) => {
+                                tracing::debug!(conn = %id, error = %e, "frame over the hard limit");
+                                Box::pin(close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config))
+                                    .await;
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Ok(Message::Binary(_)) => session.reply_decode_error(DecodeError {
-                            id: None,
-                            kind: DecodeErrorKind::Binary,
-                        }),
-                        // Pings are answered by tungstenite; a close is answered on the next poll,
-                        // which then ends the stream.
-                        Ok(Message::Close(_)) => peer_closed = true,
-                        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                        Err(WsError::Capacity(e)) => {
-                            tracing::debug!(conn = %id, error = %e, "frame over the hard limit");
-                            Box::pin(close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config)).await;
+                    }
+                    Event::Tick => {
+                        if batch.capacity() > BATCH_KEEP {
+                            batch = VecDeque::new();
+                        }
+                        conn.shrink_queue(BATCH_KEEP);
+                        let silent = last_heard.elapsed();
+                        if silent >= config.ping_interval + config.pong_timeout {
+                            tracing::debug!(conn = %id, "no pong: dropping dead connection");
                             return Ok(());
                         }
-                        Err(e) => return Err(e),
+                        if silent >= config.ping_interval {
+                            ws.send(Message::Ping(Bytes::new())).await?;
+                        }
                     }
-                }
-                _ = poll_fn(|cx| tick_gate.poll(cx, |cx| ticker.poll_tick(cx))) => {
-                    if batch.capacity() > BATCH_KEEP {
-                        batch = VecDeque::new();
+                    Event::Shutdown => {
+                        shutting_down = true;
+                        conn.close(CloseReason::Shutdown);
                     }
-                    conn.shrink_queue(BATCH_KEEP);
-                    let silent = last_heard.elapsed();
-                    if silent >= config.ping_interval + config.pong_timeout {
-                        tracing::debug!(conn = %id, "no pong: dropping dead connection");
-                        return Ok(());
-                    }
-                    if silent >= config.ping_interval {
-                        ws.send(Message::Ping(Bytes::new())).await?;
-                    }
-                }
-                _ = poll_fn(|cx| shutdown_gate.poll(cx, |cx| cancelled.as_mut().poll(cx))),
-                    if !shutting_down =>
-                {
-                    shutting_down = true;
-                    conn.close(CloseReason::Shutdown);
-                }
+                },
             }
         }
     }
     .await;
 
-    match outcome {
-        Ok(()) => {}
-        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
-        Err(WsError::Io(e)) => tracing::debug!(conn = %id, error = %e, "connection lost"),
-        Err(e) => tracing::debug!(conn = %id, error = %e, "protocol error"),
+        match outcome {
+            Ok(()) => {}
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+            Err(WsError::Io(e)) => tracing::debug!(conn = %id, error = %e, "connection lost"),
+            Err(e) => tracing::debug!(conn = %id, error = %e, "protocol error"),
+        }
     }
+}
+
+/// What woke the connection, other than its queue.
+enum Event {
+    /// A frame from the client, or the end of the stream.
+    Frame(Option<Result<Message, WsError>>),
+    /// The ping timer.
+    Tick,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// Polls a future or stream only when it may make progress: after it woke its task (through
@@ -164,16 +198,17 @@ pub(crate) async fn run<S>(
 /// otherwise poll every branch on every wake-up for queued frames; for the WebSocket reader
 /// each such poll costs tungstenite a buffer reset and a read attempt, and with one frame per
 /// wake-up (a modest rate to many subscribers) the useless polls were a third of the broker's
-/// own work per delivery.
+/// own work per delivery. One gate per connection (one small allocation) covers the socket, the
+/// ping timer and shutdown, polled together: the last two are rare.
 struct Gate {
     state: Arc<GateState>,
     waker: Waker,
 }
 
 struct GateState {
-    /// Worth polling: the last poll was ready, or the gated future woke since.
+    /// Worth polling: the last poll was ready, or something gated woke since.
     armed: AtomicBool,
-    /// The connection task, to wake when the gated future wakes.
+    /// The connection task, to wake when something gated wakes.
     task: AtomicWaker,
 }
 
