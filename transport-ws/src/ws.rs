@@ -49,6 +49,10 @@ thread_local! {
 /// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
 /// keeps its parameters twice in its future (as captured arguments and as the locals they are
 /// moved into), which cost every idle connection 432 bytes.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
 pub(crate) fn run<S>(
     mut ws: WebSocketStream<S>,
     mut session: Session,
