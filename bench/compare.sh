@@ -301,7 +301,7 @@ if [ "$MODE" = smoke ]; then
 else
   T=(--duration 10s --warmup 2s --drain 60s)
   FANOUT_SIZES=(100 1000 10000); LAT_SUBS=1000; CH=(--channels 100 --subscribers-per-channel 100 --publishers 100)
-  IDLE=(--connections 10000 --processes 4 --settle 3s); REPL_RATE=5000
+  IDLE=(--connections 10000 --processes 4 --settle 3s); REPL_RATE=500
   REPL_MAX=(--publishers 16 --window 256)
 fi
 WINDOW=(--window 64)
