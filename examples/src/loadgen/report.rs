@@ -5,7 +5,8 @@
 //! Files read: `*--ws--rN.json`, `*--nats--rN.json`, `*--quic--rN.json` ([`RunReport`]s),
 //! `*.json.failed` (runs that crashed), `redis-benchmark--rN.txt` (requests per second),
 //! `meta.txt` (`key: value` lines about the machine and versions), `commands.txt` (the exact
-//! generator commands), and the hand-written analysis `bench/ANALYSIS.md` if present.
+//! generator commands), `profile.md` (what `bench/profile.sh` printed), and the hand-written
+//! analysis `bench/ANALYSIS.md` if present.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -81,6 +82,7 @@ struct Results {
     meta: Vec<(String, String)>,
     commands: Vec<String>,
     analysis: Option<String>,
+    profile: Option<String>,
 }
 
 impl Results {
@@ -121,6 +123,7 @@ fn load(dir: &Path, analysis: &Path) -> Result<Results, ReportError> {
         meta: Vec::new(),
         commands: Vec::new(),
         analysis: std::fs::read_to_string(analysis).ok(),
+        profile: std::fs::read_to_string(dir.join("profile.md")).ok(),
     };
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
@@ -302,7 +305,10 @@ fn render(r: &Results) -> String {
     replication_details(&mut s, r);
     setup(&mut s, r, nats);
     if let Some(a) = &r.analysis {
-        let _ = writeln!(s, "{}", a.trim_end());
+        let _ = writeln!(s, "{}\n", a.trim_end());
+    }
+    if let Some(p) = &r.profile {
+        let _ = writeln!(s, "{}", p.trim_end());
     }
     s
 }

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Where the broker's time goes, for docs/BENCHMARKS.md's analysis. Writes a Markdown fragment on
+# stdout; `bench/compare.sh` runs it and appends it to the report (so that these figures, too,
+# come from a script run). About five minutes.
+#
+#   bench/profile.sh [RELEASE_DIR]    (default: $CARGO_TARGET_DIR/release or ./target/release)
+#
+# - callgrind (instruction counts: repeatable whatever else the machine does) of the broker
+#   through a fan-out at maximum rate and at a fixed rate, per delivery;
+# - perf with the cpu-clock software event (when perf works here) for the kernel's share;
+# - DHAT for the heap an idle connection holds;
+# - Redis's own command statistics per replicated message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-${CARGO_TARGET_DIR:-$(pwd)/target}/release}
+BROKER=$BIN/broker
+LOADGEN=$BIN/loadgen
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pubsub-profile.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+KEY=bench-key
+GEN=()
+[ "$(nproc)" -ge 2 ] && GEN=(taskset -c 1)
+log() { echo "[profile $(date +%H:%M:%S)] $*" >&2; }
+
+# broker_under TOOL-ARGS… : starts the broker under a tool, on a free port; sets PID and URL.
+broker_under() {
+  local out=$WORK/broker.out
+  : > "$out"
+  "$@" "$BROKER" --listen 127.0.0.1:0 --api-key "$KEY" --admin-token a --allow-all-channels \
+    > "$out" 2> "$WORK/broker.err" &
+  PID=$!; PIDS+=("$PID")
+  for _ in $(seq 600); do grep -q '^broker listening on' "$out" 2>/dev/null && break; sleep 0.1; done
+  URL=ws://$(sed -n 's|^broker listening on http://\([^ ]*\).*|\1|p' "$out")/ws
+}
+
+stop() { # stop PID: SIGTERM and wait (valgrind writes its output on exit)
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+}
+
+deliveries() { python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["traffic"]; print(t["received"], t["published"])' "$1"; }
+
+callgrind_case() { # callgrind_case TITLE loadgen-fanout-args…
+  local title=$1; shift
+  local cg=$WORK/cg.out json=$WORK/cg.json
+  broker_under valgrind --tool=callgrind --callgrind-out-file="$cg" --dump-instr=no
+  "${GEN[@]}" "$LOADGEN" fanout --url "$URL" --api-key "$KEY" --warmup 0s --json "$json" "$@" \
+    > /dev/null 2>&1 || true
+  stop "$PID"
+  local total
+  total=$(sed -n 's/^totals: //p' "$cg")
+  read -r recv pubs < <(deliveries "$json")
+  echo "**$title** (\`loadgen fanout $*\`): $recv deliveries of $pubs messages; broker total"
+  echo "$total instructions, **$((total / recv)) per delivery** (connection set-up included)."
+  echo "Functions with the most instructions of their own:"
+  echo
+  echo '```text'
+  { callgrind_annotate "$cg" 2>/dev/null | awk '/file:function/ {on = 1; getline; next} on && n < 10 {print; n++}' \
+    | sed -E 's|/root/.cargo/registry/src/[^/]*/||; s|/rustc/[0-9a-f]*/||; s| *\[[^]]*\] *$||; s|^ *||' | cut -c1-150; } || true
+  echo '```'
+  echo
+}
+
+echo "## Profiles"
+echo
+echo "Written by [\`bench/profile.sh\`](../bench/profile.sh) in the same run (broker built in"
+echo "release mode, unpinned, one connection set-up included in each count)."
+echo
+
+if command -v valgrind >/dev/null; then
+  log "callgrind: fan-out at maximum rate"
+  callgrind_case "Fan-out at maximum rate, 100 subscribers" --subscribers 100 --window 64 --duration 5s
+  log "callgrind: fixed rate, one frame per write"
+  callgrind_case "Fixed rate, one frame per wake-up (200 subscribers × 50 msg/s)" --subscribers 200 --rate 50 --duration 5s
+fi
+
+if perf stat -e cpu-clock true >/dev/null 2>&1; then
+  log "perf: fixed rate 1000 x 200"
+  broker_under taskset -c 0
+  perf record -q -e cpu-clock -F 2000 -g -p "$PID" -o "$WORK/perf.data" -- sleep 6 > /dev/null 2>&1 &
+  prec=$!
+  sleep 0.3
+  "${GEN[@]}" "$LOADGEN" fanout --url "$URL" --api-key "$KEY" --subscribers 1000 --rate 200 \
+    --duration 5s --warmup 0s --json /dev/null > /dev/null 2>&1 || true
+  wait "$prec" || true
+  stop "$PID"
+  echo "**Fixed rate, 1,000 subscribers × 200 msg/s** (perf, cpu-clock): share of the broker's"
+  echo "CPU time by where it ran, then the kernel functions with the most samples of their own:"
+  echo
+  echo '```text'
+  { perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+    | awk '/%/ && n < 4 {sub(/^ +/, ""); print; n++}'; } || true
+  echo
+  { perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+    | awk '/\[k\]/ && n < 8 {gsub(/ +/, " "); sub(/^ /, ""); sub(/ - - *$/, ""); print; n++}'; } || true
+  echo '```'
+  echo
+fi
+
+if command -v valgrind >/dev/null; then
+  log "dhat: 2,000 idle connections"
+  broker_under valgrind --tool=dhat --dhat-out-file="$WORK/dhat.json"
+  "${GEN[@]}" "$LOADGEN" idle --url "$URL" --api-key "$KEY" --connections 2000 --processes 1 \
+    --broker-pid "$PID" --settle 3s --json /dev/null > /dev/null 2>&1 || true
+  stop "$PID"
+  echo "**Heap of 2,000 idle connections at its peak** (DHAT; the peak is with every connection"
+  echo "open): bytes per connection by allocation site."
+  echo
+  echo '```text'
+  python3 - "$WORK/dhat.json" <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+ft = d["ftbl"]
+pps = sorted(d["pps"], key=lambda p: -p.get("gb", 0))
+skip = ("alloc.rs", "memalign", "unix.rs", "raw_vec", "boxed.rs", "sync.rs:", "vec/mod.rs",
+        "spec_from", "UnknownInlinedFun", "bytes_mut.rs", "malloc (in", "raw/mod.rs",
+        "registration.rs", "poll_evented.rs", "driver.rs")
+total = sum(p.get("gb", 0) for p in pps)
+print(f"{total / 2000:7.0f}  bytes per connection in all (malloc's own overhead not included)")
+sites = {}
+for p in pps:
+    frames = [re.sub(r"^0x[0-9A-F]+: ", "", ft[i]) for i in p["fs"]]
+    where = [f for f in frames if not any(s in f for s in skip)]
+    site = (where[0] if where else frames[-1])[:110]
+    sites[site] = sites.get(site, 0) + p.get("gb", 0)
+for site, gb in sorted(sites.items(), key=lambda kv: -kv[1])[:12]:
+    if gb >= 2000 * 16:
+        print(f"{gb / 2000:7.0f}  {site}")
+PY
+  echo '```'
+  echo
+fi
+
+if command -v redis-server >/dev/null; then
+  log "redis: commands per replicated message"
+  for r in a b; do
+    mkdir -p "$WORK/$r"
+    redis-server --port 0 --unixsocket "$WORK/$r/s" --unixsocketperm 700 --dir "$WORK/$r" \
+      --save "" --appendonly no --logfile "$WORK/$r/log" > /dev/null 2>&1 &
+    PIDS+=($!)
+  done
+  for r in a b; do
+    for _ in $(seq 100); do redis-cli -s "$WORK/$r/s" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  done
+  "$BROKER" --listen 127.0.0.1:0 --api-key "$KEY" --allow-all-channels --region a \
+    --redis "redis+unix://$WORK/a/s" --peer "b=redis+unix://$WORK/b/s" > "$WORK/ra.out" 2>/dev/null &
+  pa=$!; PIDS+=("$pa")
+  "$BROKER" --listen 127.0.0.1:0 --api-key "$KEY" --allow-all-channels --region b \
+    --redis "redis+unix://$WORK/b/s" --peer "a=redis+unix://$WORK/a/s" > "$WORK/rb.out" 2>/dev/null &
+  pb=$!; PIDS+=("$pb")
+  sleep 2
+  ua=ws://$(sed -n 's|^broker listening on http://\([^ ]*\).*|\1|p' "$WORK/ra.out")/ws
+  ub=ws://$(sed -n 's|^broker listening on http://\([^ ]*\).*|\1|p' "$WORK/rb.out")/ws
+  for r in a b; do redis-cli -s "$WORK/$r/s" config resetstat > /dev/null; done
+  "${GEN[@]}" "$LOADGEN" replication --url-a "$ua" --url-b "$ub" --api-key "$KEY" --publishers 16 \
+    --window 256 --duration 5s --warmup 1s --json "$WORK/repl.json" > /dev/null 2>&1 || true
+  read -r recv pubs < <(deliveries "$WORK/repl.json")
+  echo "**Replication at maximum rate** (\`loadgen replication --publishers 16 --window 256\`):"
+  echo "Redis commands per replicated message ($pubs messages), and Redis's own time per call:"
+  echo
+  echo '```text'
+  for r in a b; do
+    redis-cli -s "$WORK/$r/s" info commandstats | tr -d '\r' | { grep '^cmdstat_' || true; } \
+      | sed 's/^cmdstat_//; s/:calls=/ /; s/,usec=[0-9]*,usec_per_call=/ /; s/,.*//' \
+      | awk -v r="$r" -v n="$pubs" '$2 > 0 && $1 != "config|resetstat" {printf "redis %s  %-8s %6.2f per message  %7.2f µs per call\n", r, $1, $2 / n, $3}'
+  done
+  echo '```'
+  echo
+fi
+log "done"
