@@ -35,6 +35,11 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// at the next tick, so that a connection that once had a burst does not keep its memory.
 const BATCH_KEEP: usize = 64;
 
+/// Frames received back to back and handled before the queue is written (their replies then
+/// leave in one write). Bounded so that a client sending without pause still gets its replies
+/// and messages, long before its queue could overflow.
+const READ_BURST: usize = 64;
+
 /// Queue slots not worth keeping between wake-ups.
 const SMALL_BATCH: usize = 8;
 
@@ -125,33 +130,56 @@ where
                     }
                     ticker.poll_tick(cx).map(|_| Event::Tick)
                 })) => match event {
-                    Event::Frame(frame) => {
-                        tungstenite_output = true;
-                        let Some(frame) = frame else { return Ok(()) };
-                        last_heard = Instant::now();
-                        match frame {
-                            Ok(Message::Text(text)) => {
-                                // Boxed: the request's future (a publish through the replicator)
-                                // is large and short-lived; inline, every idle connection would
-                                // carry its space.
-                                Box::pin(session.handle_frame(&codec, text.as_bytes(), last_heard))
+                    Event::Frame(mut frame) => {
+                        // Frames already received are handled in one go (up to READ_BURST), so
+                        // that the replies to a burst of requests leave in one write instead
+                        // of one write each.
+                        let mut handled = 0;
+                        loop {
+                            tungstenite_output = true;
+                            let Some(f) = frame else { return Ok(()) };
+                            last_heard = Instant::now();
+                            match f {
+                                Ok(Message::Text(text)) => {
+                                    // Boxed: the request's future (a publish through the
+                                    // replicator) is large and short-lived; inline, every idle
+                                    // connection would carry its space.
+                                    Box::pin(session.handle_frame(
+                                        &codec,
+                                        text.as_bytes(),
+                                        last_heard,
+                                    ))
                                     .await;
+                                }
+                                Ok(Message::Binary(_)) => session.reply_decode_error(DecodeError {
+                                    id: None,
+                                    kind: DecodeErrorKind::Binary,
+                                }),
+                                // Pings are answered by tungstenite; a close is answered on the
+                                // next poll, which then ends the stream.
+                                Ok(Message::Close(_)) => peer_closed = true,
+                                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                                Err(WsError::Capacity(e)) => {
+                                    tracing::debug!(conn = %id, error = %e, "frame over the hard limit");
+                                    Box::pin(close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config))
+                                        .await;
+                                    return Ok(());
+                                }
+                                Err(e) => return Err(e),
                             }
-                            Ok(Message::Binary(_)) => session.reply_decode_error(DecodeError {
-                                id: None,
-                                kind: DecodeErrorKind::Binary,
-                            }),
-                            // Pings are answered by tungstenite; a close is answered on the next
-                            // poll, which then ends the stream.
-                            Ok(Message::Close(_)) => peer_closed = true,
-                            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                            Err(WsError::Capacity(e)) => {
-                                tracing::debug!(conn = %id, error = %e, "frame over the hard limit");
-                                Box::pin(close(&mut ws, CLOSE_TOO_BIG, "frame too large", &config))
-                                    .await;
-                                return Ok(());
+                            handled += 1;
+                            if handled >= READ_BURST || peer_closed {
+                                break;
                             }
-                            Err(e) => return Err(e),
+                            // Polled without a waker: if nothing is there, the gate is re-armed
+                            // so that the loop polls the reader again with its waker.
+                            match ws.next().now_or_never() {
+                                Some(next) => frame = next,
+                                None => {
+                                    gate.arm();
+                                    break;
+                                }
+                            }
                         }
                     }
                     Event::Tick => {
@@ -228,6 +256,12 @@ impl Wake for GateState {
 }
 
 impl Gate {
+    /// Makes the next [`Gate::poll`] call through, e.g. after the gated future was polled
+    /// without the gate's waker.
+    fn arm(&self) {
+        self.state.armed.store(true, Ordering::Release);
+    }
+
     fn new() -> Self {
         let state = Arc::new(GateState {
             armed: AtomicBool::new(true),

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -120,6 +120,8 @@ struct Shared {
     /// Messages published from this time on are timed (nanoseconds since the epoch).
     measure_from_ns: AtomicU64,
     publishers: usize,
+    /// Subscribers whose connection failed during the run.
+    failed: AtomicUsize,
 }
 
 impl Shared {
@@ -274,6 +276,7 @@ pub async fn run(
             .collect(),
         measure_from_ns: AtomicU64::new(u64::MAX),
         publishers: plan.publishers.len(),
+        failed: AtomicUsize::new(0),
     });
     let source =
         |i: usize| (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
@@ -314,6 +317,9 @@ pub async fn run(
             drop(ready);
             let mut sink = SubSink::new(shared, spec.channel, spec.group);
             let error = sub.run(&mut sink, stop).await.err();
+            if error.is_some() {
+                sink.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
             sink.batch_end();
             sink.flush_samples();
             Some(SubResult {
@@ -438,8 +444,8 @@ pub async fn run(
     // Wait for the last deliveries.
     let drain_deadline = Instant::now() + plan.drain;
     while shared.received() < shared.expected() && Instant::now() < drain_deadline {
-        if subscriber_tasks.len() < plan.subscribers.len() {
-            break; // someone failed; do not wait for what will not come
+        if shared.failed.load(Ordering::Relaxed) > 0 {
+            break; // a subscriber failed: do not wait for what will not come
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
