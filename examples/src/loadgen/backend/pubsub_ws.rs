@@ -1,5 +1,5 @@
 //! Our `pubsub.v1` protocol over WebSocket (`docs/PROTOCOL.md`), spoken with the lean client
-//! of [`crate::loadgen::wsframe`] rather than `transport_ws::Client`, so that the
+//! of [`wsframe`] rather than `transport_ws::Client`, so that the
 //! generator's cost per delivery stays far below the broker's.
 
 use std::sync::Arc;
