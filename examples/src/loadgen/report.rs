@@ -789,25 +789,33 @@ fn setup(s: &mut String, r: &Results, nats: &str) {
     let mut seen = std::collections::HashSet::new();
     for c in &r.commands {
         // Ports and pids differ per run; show each distinct command shape once.
-        let shape: String = c
-            .split_whitespace()
-            .map(|w| {
-                if w.starts_with("ws://") {
-                    "ws://…"
-                } else if w.chars().all(|c| c.is_ascii_digit()) && w.len() > 3 {
-                    "PID"
-                } else {
-                    w
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let shape = command_shape(c);
         let shape = strip_json(&shape);
         if seen.insert(shape.clone()) {
             let _ = writeln!(s, "{shape}");
         }
     }
     let _ = writeln!(s, "```\n");
+}
+
+/// A command with what differs between runs (addresses, process ids) replaced by placeholders.
+fn command_shape(cmd: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut previous = "";
+    for w in cmd.split_whitespace() {
+        let shown = if previous == "--broker-pid" {
+            "PID"
+        } else if w.starts_with("ws://") {
+            "ws://…"
+        } else if w.starts_with("quic://") {
+            "quic://…"
+        } else {
+            w
+        };
+        out.push(shown);
+        previous = w;
+    }
+    out.join(" ")
 }
 
 /// Drops the `--json PATH` part, which only names the result file.
@@ -841,6 +849,12 @@ mod tests {
         assert_eq!(
             strip_json("loadgen fanout --json /x/y.json --label a"),
             "loadgen fanout --label a"
+        );
+        assert_eq!(
+            command_shape(
+                "loadgen fanout --subscribers 1000 --url ws://127.0.0.1:5/ws --broker-pid 4242"
+            ),
+            "loadgen fanout --subscribers 1000 --url ws://… --broker-pid PID"
         );
         assert_eq!(
             describe_latency_label("latency-1000-x200"),
