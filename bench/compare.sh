@@ -348,7 +348,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 cp "$0" "$RESULTS/compare.sh.used" 2>/dev/null || true
 
 if [ "$MODE" = smoke ]; then
-  log "smoke results in $RESULTS"
+  case "$RESULTS" in
+    "$WORK"/*) log "smoke results (removed on exit) in $RESULTS" ;;
+    *) log "smoke results in $RESULTS" ;;
+  esac
   "$LOADGEN" report --results "$RESULTS" --out "$RESULTS/BENCHMARKS.md" >&2
   if [ "$FAILED" -ne 0 ]; then log "smoke run: $FAILED invalid runs"; exit 1; fi
   log "smoke run: every scenario valid"
