@@ -81,12 +81,8 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Ok(mut s) = UnixStream::connect(self.socket()).await {
-                let _ = s.write_all(b"PING\r\n").await;
-                let mut buf = [0u8; 7];
-                if s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n" {
-                    return;
-                }
+            if pongs(UnixStream::connect(self.socket()).await).await {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -474,15 +470,22 @@ impl Drop for RedisCluster {
     }
 }
 
+/// Whether a freshly connected Redis answers PING.
+async fn pongs<S>(conn: std::io::Result<S>) -> bool
+where
+    S: AsyncReadExt + AsyncWriteExt + Unpin,
+{
+    let Ok(mut s) = conn else { return false };
+    let _ = s.write_all(b"PING\r\n").await;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
+}
+
 async fn wait_tcp_ping(port: u16) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            let _ = s.write_all(b"PING\r\n").await;
-            let mut buf = [0u8; 7];
-            if s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n" {
-                return;
-            }
+        if pongs(TcpStream::connect(("127.0.0.1", port)).await).await {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
