@@ -85,6 +85,22 @@ pub(crate) async fn route(req: Request<Incoming>, shared: Shared) -> Response<Bo
     }
 }
 
+/// One of [`WsConfig::max_connections`](crate::WsConfig::max_connections)'s slots, held by a
+/// TCP connection's HTTP task and, once upgraded, by its WebSocket task.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionSlot {
+    /// Released when the last holder drops it.
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl ConnectionSlot {
+    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: Arc::new(permit),
+        }
+    }
+}
+
 async fn upgrade(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
     let headers = req.headers();
     let is_upgrade = header_has(headers.get(UPGRADE), "websocket")
@@ -112,6 +128,7 @@ async fn upgrade(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == PROTOCOL_V1);
 
+    let slot = req.extensions_mut().remove::<ConnectionSlot>();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let Shared {
         broker,
@@ -121,6 +138,7 @@ async fn upgrade(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
         ..
     } = shared;
     tasks.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

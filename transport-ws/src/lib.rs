@@ -111,9 +111,12 @@ impl WsServer {
             let token = token.clone();
             let header_timeout = self.config.header_read_timeout;
             tasks.spawn(async move {
-                let _permit = permit;
-                let service = service_fn(move |req| {
+                // Shared with the WebSocket task when the connection is upgraded (hyper's
+                // connection future ends then), so the slot is held until the socket closes.
+                let permit = http::ConnectionSlot::new(permit);
+                let service = service_fn(move |mut req: hyper::Request<_>| {
                     let shared = shared.clone();
+                    req.extensions_mut().insert(permit.clone());
                     async move { Ok::<_, std::convert::Infallible>(http::route(req, shared).await) }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();

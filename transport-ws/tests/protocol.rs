@@ -452,6 +452,31 @@ async fn dead_connections_are_pinged_and_dropped() {
 }
 
 #[tokio::test]
+async fn max_connections_bounds_open_websockets() {
+    let mut ws = WsConfig::default();
+    ws.max_connections = 2;
+    let b = TestBroker::with(Limits::default(), ws).await;
+    let first = b.subscriber(KEY, &["tech"]).await;
+    let mut second = b.subscriber(KEY, &["tech"]).await;
+    // Both upgraded connections hold their slot: a third is not served while they are open.
+    let third = tokio::spawn({
+        let addr = b.addr;
+        async move { Client::connect(addr, Auth::Header(KEY)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    assert_eq!(b.broker.hub().connection_count(), 2);
+    drop(first);
+    let mut third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the freed slot is given to the waiting connection")
+        .unwrap()
+        .unwrap();
+    third.ping().await;
+    second.ping().await;
+}
+
+#[tokio::test]
 async fn health_and_metrics() {
     let b = TestBroker::start().await;
     let (st, body) = b.http("GET", "/healthz", &[], "").await;
