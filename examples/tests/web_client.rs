@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -47,13 +47,21 @@ fn one_browser_window_per_region_through_redis_replication() {
     run_scenario("two-regions", brokers, true);
 }
 
+/// Held while installing the browser test's tools.
+static SETUP: Mutex<()> = Mutex::new(());
+
 fn run_scenario(name: &str, mut brokers: Vec<BrokerProcess>, replicated: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("examples/ sits in the workspace root");
     let e2e = root.join("examples/web/e2e");
-    ensure_playwright(&e2e);
-    let chromium = ensure_chromium();
+    // Both scenarios run at once: one installs (npm ci, apt-get) while the other waits, since
+    // two installs into the same place at once fail (apt's lock, npm's node_modules).
+    let chromium = {
+        let _installing = SETUP.lock().unwrap_or_else(|p| p.into_inner());
+        ensure_playwright(&e2e);
+        ensure_chromium()
+    };
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("web-e2e")
         .join(name);
