@@ -18,6 +18,12 @@ use tracing_subscriber::EnvFilter;
 use transport_quic::{QuicServer, TlsIdentity};
 use transport_ws::WsServer;
 
+/// mimalloc instead of the system allocator: the replication path allocates a reply tree per
+/// Redis read (redis-rs), where glibc's malloc spent a quarter of the broker's time
+/// (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
