@@ -14,8 +14,11 @@ use crate::ids::{ChannelName, MessageId, MessageIdGen};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::policy::{AllowList, FilterPolicy};
-use crate::replicator::{LocalReplicator, Replicator};
+use crate::replicator::{Deferred, LocalReplicator, PublishDone, Replicator};
 use crate::session::Session;
+
+/// Called exactly once with the outcome of [`Broker::publish_then`].
+pub type PublishCallback = Box<dyn FnOnce(Result<MessageId, PublishError>) + Send>;
 
 /// A payload known to be exactly one JSON value.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -195,6 +198,51 @@ impl Broker {
         channel: &str,
         data: JsonPayload,
     ) -> Result<MessageId, PublishError> {
+        let message = self.prepare(principal, channel, data)?;
+        let id = message.id.clone();
+        self.replicator.publish(message).await?;
+        self.metrics.published.inc();
+        Ok(id)
+    }
+
+    /// Publishes like [`Broker::publish`], but returns as soon as the message has its place in
+    /// the order, and calls `done` with the outcome when the replicator acknowledges it (at
+    /// once for the local replicator). Publishes started one after another by one caller are
+    /// delivered in that order. When the replicator pushes back (a full queue), this waits for
+    /// the acknowledgement itself before returning.
+    pub async fn publish_then(
+        &self,
+        principal: &Principal,
+        channel: &str,
+        data: JsonPayload,
+        done: PublishCallback,
+    ) {
+        let message = match self.prepare(principal, channel, data) {
+            Ok(m) => m,
+            Err(e) => return done(Err(e)),
+        };
+        let id = message.id.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let finish: PublishDone = Box::new(move |result| match result {
+            Ok(()) => {
+                metrics.published.inc();
+                done(Ok(id));
+            }
+            Err(e) => done(Err(e.into())),
+        });
+        if let Err(deferred) = self.replicator.enqueue(message, finish) {
+            let Deferred { message, done } = *deferred;
+            done(self.replicator.publish(message).await);
+        }
+    }
+
+    /// Checks a publish and stamps it with an id and this region.
+    fn prepare(
+        &self,
+        principal: &Principal,
+        channel: &str,
+        data: JsonPayload,
+    ) -> Result<Message, PublishError> {
         let channel = ChannelName::parse(channel)?;
         let max = self.config.limits.max_payload;
         if data.len() > max {
@@ -207,16 +255,12 @@ impl Broker {
             self.metrics.rejected("publish");
             return Err(denied.into());
         }
-        let id = self.ids.next_id(SystemTime::now());
-        let message = Message {
+        Ok(Message {
             channel,
             data: data.0,
-            id: id.clone(),
+            id: self.ids.next_id(SystemTime::now()),
             origin: self.config.region.clone(),
-        };
-        self.replicator.publish(message).await?;
-        self.metrics.published.inc();
-        Ok(id)
+        })
     }
 
     /// Ends every subscription `filter` selects, on this node at once and, through the

@@ -42,6 +42,11 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Per-connection publish rate; `None` (the default) means unlimited.
     pub publish_rate: Option<RateLimit>,
+    /// Publishes one connection may have waiting for the replicator's acknowledgement. Beyond
+    /// it the connection's next request waits (its socket is not read), which pushes back on
+    /// the publisher; nothing is dropped. Default: 64, enough to keep a replicator behind a
+    /// network round trip busy from one connection.
+    pub max_inflight_publishes: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +56,7 @@ impl Default for Limits {
             max_subscriptions: 100,
             outbound_queue: 1024,
             publish_rate: None,
+            max_inflight_publishes: 64,
         }
     }
 }

@@ -40,7 +40,7 @@ pub mod replicator;
 pub mod session;
 
 pub use auth::{Authenticator, Principal, Role, StaticKeys};
-pub use broker::{Broker, BrokerBuilder, JsonPayload};
+pub use broker::{Broker, BrokerBuilder, JsonPayload, PublishCallback};
 pub use codec::{Codec, JsonCodec, PROTOCOL_V1, Request, RequestKind, ServerFrame};
 pub use config::{BrokerConfig, Limits, RateLimit};
 pub use error::{
@@ -52,7 +52,7 @@ pub use ids::{ChannelName, ConnectionId, MessageId, MessageIdGen, RegionName};
 pub use message::{Envelope, Message};
 pub use metrics::Metrics;
 pub use policy::{AllowAll, AllowList, DEFAULT_CHANNELS, FilterPolicy};
-pub use replicator::{DeliverySink, LocalReplicator, Replicator};
+pub use replicator::{Deferred, DeliverySink, LocalReplicator, PublishDone, Replicator};
 pub use session::Session;
 
 #[cfg(test)]

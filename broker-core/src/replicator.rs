@@ -27,6 +27,26 @@ impl DeliverySink for Hub {
     }
 }
 
+/// Called exactly once with the outcome of a publish started by [`Replicator::enqueue`].
+pub type PublishDone = Box<dyn FnOnce(Result<(), ReplicationError>) + Send>;
+
+/// A publish handed back by [`Replicator::enqueue`]: the caller awaits
+/// [`Replicator::publish`] with it instead, and calls `done` with the outcome.
+pub struct Deferred {
+    /// The message, unpublished.
+    pub message: Message,
+    /// The completion, not yet called.
+    pub done: PublishDone,
+}
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deferred")
+            .field("message", &self.message.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Carries accepted publishes to every node and region that should deliver them.
 ///
 /// Every publish goes through the replicator, and local delivery too comes back through the
@@ -41,6 +61,20 @@ pub trait Replicator: Send + Sync + fmt::Debug {
     /// node, this one included. Returning `Ok` is the publisher's acknowledgement; on `Err`
     /// nothing may have been delivered anywhere.
     async fn publish(&self, message: Message) -> Result<(), ReplicationError>;
+
+    /// Starts publishing `message` without waiting for the acknowledgement, so that one
+    /// connection can have several publishes in flight (a replicator behind a network round
+    /// trip needs that for throughput). The message's place in the order is fixed when this
+    /// returns: messages enqueued one after another by one caller are delivered in that order.
+    /// `done` is called exactly once, now or later, with what [`Replicator::publish`] would have
+    /// returned.
+    ///
+    /// A replicator may hand the publish back (`Err`), for instance when its queue is full; the
+    /// caller then awaits [`Replicator::publish`] itself before starting anything else, which
+    /// keeps the order and pushes back on the publisher. The default hands every publish back.
+    fn enqueue(&self, message: Message, done: PublishDone) -> Result<(), Box<Deferred>> {
+        Err(Box::new(Deferred { message, done }))
+    }
 
     /// Whether the replicator is ready to carry publishes everywhere it should (for readiness
     /// probes). By default, always.
@@ -86,6 +120,20 @@ impl Replicator for LocalReplicator {
             .get()
             .ok_or_else(|| ReplicationError::Internal("replicator used before attach".into()))?;
         sink.deliver(message);
+        Ok(())
+    }
+
+    fn enqueue(&self, message: Message, done: PublishDone) -> Result<(), Box<Deferred>> {
+        // Delivery is immediate: nothing to wait for, so never hand it back.
+        match self.sink.get() {
+            Some(sink) => {
+                sink.deliver(message);
+                done(Ok(()));
+            }
+            None => done(Err(ReplicationError::Internal(
+                "replicator used before attach".into(),
+            ))),
+        }
         Ok(())
     }
 }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::broker::{Broker, JsonPayload};
+use tokio::sync::Semaphore;
+
+use crate::broker::{Broker, JsonPayload, PublishCallback};
 use crate::codec::{Codec, Request, RequestKind, ServerFrame};
 use crate::config::TokenBucket;
 use crate::error::{DecodeError, ErrorCode, PublishError, WireError};
@@ -16,6 +18,9 @@ pub struct Session {
     broker: Arc<Broker>,
     conn: Arc<Connection>,
     bucket: Option<TokenBucket>,
+    /// Permits for publishes awaiting acknowledgement; made on the first publish so that a
+    /// connection that only subscribes does not carry it.
+    inflight: Option<Arc<Semaphore>>,
 }
 
 impl Session {
@@ -25,6 +30,7 @@ impl Session {
             broker,
             conn,
             bucket,
+            inflight: None,
         }
     }
 
@@ -78,10 +84,32 @@ impl Session {
                     }
                 }
                 let payload = JsonPayload::trusted(data);
-                match self.broker.publish(&principal, &channel, payload).await {
-                    Ok(message_id) => ServerFrame::Published { id, message_id },
-                    Err(e) => return self.reply_error(id, &e),
-                }
+                let max = self.broker.config().limits.max_inflight_publishes.max(1);
+                let inflight = self
+                    .inflight
+                    .get_or_insert_with(|| Arc::new(Semaphore::new(max)));
+                // Never closed, so this only waits.
+                let Ok(permit) = Arc::clone(inflight).acquire_owned().await else {
+                    return;
+                };
+                let conn = Arc::clone(&self.conn);
+                let done: PublishCallback = Box::new(move |result| {
+                    drop(permit);
+                    match result {
+                        Ok(message_id) => conn.send(ServerFrame::Published { id, message_id }),
+                        Err(e) => conn.send(ServerFrame::Error {
+                            id,
+                            code: e.code(),
+                            message: e.to_string(),
+                        }),
+                    };
+                });
+                // The reply is queued when the replicator acknowledges, after any replies to
+                // requests that follow; each carries its request's id.
+                self.broker
+                    .publish_then(&principal, &channel, payload, done)
+                    .await;
+                return;
             }
             RequestKind::Ping => ServerFrame::Pong { id },
             RequestKind::Auth { .. } => ServerFrame::Error {

@@ -155,6 +155,8 @@ pub struct FileLimits {
     pub max_subscriptions: Option<usize>,
     /// Messages queued per connection before it is closed as a slow consumer.
     pub outbound_queue: Option<usize>,
+    /// Publishes per connection awaiting the replicator's acknowledgement.
+    pub max_inflight_publishes: Option<usize>,
     /// Publishes per second per connection (unlimited when absent).
     pub publish_rate: Option<f64>,
     /// Publish burst per connection [default: the rate, at least 1].
@@ -416,6 +418,9 @@ pub fn merge(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = fl.outbound_queue {
         limits.outbound_queue = v.max(1);
+    }
+    if let Some(v) = fl.max_inflight_publishes {
+        limits.max_inflight_publishes = v.max(1);
     }
     if let Some(rate) = fl.publish_rate {
         if !(rate > 0.0 && rate.is_finite()) {

@@ -26,8 +26,14 @@ pub struct RedisReplicationConfig {
     /// Longest a blocking `XREAD` waits; also how quickly readers notice shutdown and how
     /// often import leases are checked. Default: 1 s.
     pub block: Duration,
-    /// Most entries read or imported per round trip. Default: 512.
+    /// Most entries read, imported or appended per round trip. Default: 512.
     pub batch: usize,
+    /// Publishes (and invalidations) waiting to be appended to this region's stream. The
+    /// appender pipelines whatever is waiting when Redis answers its previous batch (up to
+    /// `batch`), so that many publishes share one round trip. When full, publishing
+    /// connections wait for room: back-pressure, nothing dropped. Default: 8,192 (about 3 MiB
+    /// of 256-byte messages).
+    pub export_queue: usize,
     /// After a stream read that returned more than one entry but less than a full batch, wait
     /// this long before the next read. Under load, reads then come back with larger batches,
     /// so that a message costs a fraction of a round trip instead of several; a lightly loaded
@@ -63,6 +69,7 @@ impl Default for RedisReplicationConfig {
             invalidation: InvalidationScope::Global,
             block: Duration::from_secs(1),
             batch: 512,
+            export_queue: 8192,
             read_linger: Duration::from_millis(1),
             command_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use broker_core::{
-    DeliverySink, InvalidationFilter, Message, Metrics, RegionName, ReplicationError, Replicator,
+    Deferred, DeliverySink, InvalidationFilter, Message, Metrics, PublishDone, RegionName,
+    ReplicationError, Replicator,
 };
 use prometheus_client::metrics::gauge::Gauge;
 use redis::{RedisError, Script, Value};
-use tokio::sync::watch;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{InvalidationScope, Peer, RedisReplicationConfig};
@@ -42,8 +44,24 @@ redis.call('SET', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
 ";
 
+/// An entry to append and whom to tell when Redis has answered.
+type Pending = (Entry, PublishDone);
+
 /// Longest time an importer goes without storing its cursor while it only skips entries.
 const CURSOR_STORE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counts a stream's entries after an id, up to a cap, on the server: the client gets one
+/// number instead of every entry. KEYS: log. ARGV: exclusive start ('(' id), cap.
+const COUNT_AFTER_LUA: &str = r"
+return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+";
+
+/// Most often an importer that is behind counts how far (the count costs Redis time in
+/// proportion to the lag, up to [`LAG_COUNT_CAP`] entries).
+const LAG_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Remote entries counted at most, for the lag gauge.
+const LAG_COUNT_CAP: usize = 10_000;
 
 /// Renews an import lease if this node still holds it. KEYS: lease. ARGV: node, ms.
 const RENEW_LUA: &str = r"
@@ -61,6 +79,8 @@ return 0
 pub struct RedisReplicator {
     inner: Arc<Inner>,
     cancel: CancellationToken,
+    /// The exporter's end of `Inner::export`, until `attach` starts it.
+    export_rx: std::sync::Mutex<Option<mpsc::Receiver<Pending>>>,
 }
 
 struct Inner {
@@ -70,11 +90,14 @@ struct Inner {
     metrics: ReplicationMetrics,
     import: Script,
     renew: Script,
+    count_after: Script,
     /// True once this node's stream reader knows where to start: a publish acknowledged
     /// before that could be missed by this node's own subscribers.
     reader_ready: watch::Sender<bool>,
     /// Remote regions whose importer has a cursor.
     importers_ready: watch::Sender<usize>,
+    /// Appends, in order, to the exporter, which pipelines them to Redis in batches.
+    export: mpsc::Sender<Pending>,
 }
 
 /// Why the replicator could not be built.
@@ -125,19 +148,25 @@ impl RedisReplicator {
             )
             .map_err(SetupError::InvalidUrl)?;
         }
+        // Bounded by `export_queue`: when it is full, `enqueue` hands the publish back and the
+        // publishing connection waits for room in `publish`; nothing is dropped.
+        let (export, export_rx) = mpsc::channel(config.export_queue.max(1));
         let inner = Inner {
+            export,
             log_key: config.log_key(&config.region),
             config,
             local,
             metrics,
             import: Script::new(IMPORT_LUA),
             renew: Script::new(RENEW_LUA),
+            count_after: Script::new(COUNT_AFTER_LUA),
             reader_ready: watch::Sender::new(false),
             importers_ready: watch::Sender::new(0),
         };
         Ok(Self {
             inner: Arc::new(inner),
             cancel: CancellationToken::new(),
+            export_rx: std::sync::Mutex::new(Some(export_rx)),
         })
     }
 
@@ -195,10 +224,19 @@ impl fmt::Debug for RedisReplicator {
 #[async_trait]
 impl Replicator for RedisReplicator {
     fn attach(&self, sink: Arc<dyn DeliverySink>) {
+        // Taken even when not started, so that publishes fail instead of waiting forever.
+        let export_rx = self
+            .export_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!("RedisReplicator attached outside a Tokio runtime: not replicating");
             return;
         };
+        if let Some(rx) = export_rx {
+            rt.spawn(export(Arc::clone(&self.inner), rx, self.cancel.clone()));
+        }
         rt.spawn(read_log(Arc::clone(&self.inner), sink, self.cancel.clone()));
         for peer in &self.inner.config.peers {
             rt.spawn(import(
@@ -215,32 +253,23 @@ impl Replicator for RedisReplicator {
     }
 
     async fn publish(&self, message: Message) -> Result<(), ReplicationError> {
-        let inner = &self.inner;
-        if message.origin != inner.config.region {
-            // Importers copy by origin: a mislabelled message would never leave this region.
-            return Err(ReplicationError::Internal(format!(
-                "broker region {} differs from replication region {}",
-                message.origin, inner.config.region
-            )));
+        self.inner.check_origin(&message)?;
+        self.inner.append(Entry::Message(message)).await
+    }
+
+    fn enqueue(&self, message: Message, done: PublishDone) -> Result<(), Box<Deferred>> {
+        if let Err(e) = self.inner.check_origin(&message) {
+            done(Err(e));
+            return Ok(());
         }
-        if !*inner.reader_ready.borrow() {
-            let mut ready = inner.reader_ready.subscribe();
-            let wait = tokio::time::timeout(inner.config.command_timeout, ready.wait_for(|r| *r));
-            if wait.await.is_err() {
-                inner.metrics.publish_failures.inc();
-                return Err(ReplicationError::Unavailable(
-                    "replication is starting".into(),
-                ));
+        match self.inner.export.try_send((Entry::Message(message), done)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((Entry::Message(message), done))) => {
+                Err(Box::new(Deferred { message, done }))
             }
-        }
-        match inner.append(&Entry::Message(message)).await {
-            Ok(()) => {
-                inner.metrics.exported.inc();
+            Err(TrySendError::Full((_, done)) | TrySendError::Closed((_, done))) => {
+                done(Err(stopped()));
                 Ok(())
-            }
-            Err(e) => {
-                inner.metrics.publish_failures.inc();
-                Err(e)
             }
         }
     }
@@ -253,26 +282,75 @@ impl Replicator for RedisReplicator {
             global: inner.config.invalidation == InvalidationScope::Global,
             filter: filter.clone(),
         });
-        inner.append(&entry).await
+        inner.append(entry).await
     }
 }
 
+fn stopped() -> ReplicationError {
+    ReplicationError::Unavailable("replication stopped".into())
+}
+
 impl Inner {
-    /// XADD to this region's stream; `Ok` only once Redis has answered.
-    async fn append(&self, entry: &Entry) -> Result<(), ReplicationError> {
-        let lease = self.local.get().await?;
-        let (trim, threshold) = self.config.retention.args(now_ms());
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.log_key)
-            .arg(trim)
-            .arg("~")
-            .arg(threshold)
-            .arg("*");
-        for (k, v) in entry.fields() {
-            cmd.arg(k).arg(v.as_ref());
+    fn check_origin(&self, message: &Message) -> Result<(), ReplicationError> {
+        if message.origin != self.config.region {
+            // Importers copy by origin: a mislabelled message would never leave this region.
+            return Err(ReplicationError::Internal(format!(
+                "broker region {} differs from replication region {}",
+                message.origin, self.config.region
+            )));
         }
+        Ok(())
+    }
+
+    /// Appends one entry through the exporter, after everything enqueued before it; waits for
+    /// room in its queue, then for Redis's answer.
+    async fn append(&self, entry: Entry) -> Result<(), ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        let done: PublishDone = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.export
+            .send((entry, done))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The XADDs of a batch, as one pipeline.
+    fn xadd_pipeline<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> redis::Pipeline {
+        let (trim, threshold) = self.config.retention.args(now_ms());
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("XADD")
+                .arg(&self.log_key)
+                .arg(trim)
+                .arg("~")
+                .arg(&threshold)
+                .arg("*");
+            for (k, v) in entry.fields() {
+                pipe.arg(k).arg(v.as_ref());
+            }
+        }
+        pipe
+    }
+
+    /// Sends a batch's XADDs to this region's stream in one round trip; `Ok` only once Redis
+    /// has answered. The batch fails or succeeds as a whole.
+    async fn append_batch(&self, pipe: redis::Pipeline) -> Result<(), ReplicationError> {
+        if !*self.reader_ready.borrow() {
+            // A message acknowledged before this node reads its stream could be missed by this
+            // node's own subscribers.
+            let mut ready = self.reader_ready.subscribe();
+            let wait = tokio::time::timeout(self.config.command_timeout, ready.wait_for(|r| *r));
+            if wait.await.is_err() {
+                return Err(ReplicationError::Unavailable(
+                    "replication is starting".into(),
+                ));
+            }
+        }
+        let lease = self.local.get().await?;
         let mut conn = lease.conn.clone();
-        match cmd.query_async::<Value>(&mut conn).await {
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.local.failed(&lease, &e).await;
@@ -293,6 +371,50 @@ impl Inner {
             self.metrics.reconnects.get_or_create(&label).clone(),
         )
         .ok()
+    }
+}
+
+/// Appends enqueued entries to this region's stream, in queue order: whatever is queued when
+/// Redis answers the previous batch goes in the next one (group commit), so batches grow with
+/// load and a lone publish goes out at once.
+async fn export(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+    let max = inner.config.batch.max(1);
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let pipe = inner.xadd_pipeline(batch.iter().map(|(e, _)| e));
+        let result = inner.append_batch(pipe).await;
+        for (entry, done) in batch.drain(..) {
+            if matches!(entry, Entry::Message(_)) {
+                match &result {
+                    Ok(()) => inner.metrics.exported.inc(),
+                    Err(_) => inner.metrics.publish_failures.inc(),
+                };
+            }
+            done(result.clone());
+        }
+        if batch.capacity() > max {
+            batch = Vec::new();
+        }
+    }
+    // Whoever waits on what is still queued gets an answer.
+    rx.close();
+    while let Ok((_, done)) = rx.try_recv() {
+        done(Err(stopped()));
     }
 }
 
@@ -393,6 +515,7 @@ async fn import(inner: Arc<Inner>, peer: Peer, cancel: CancellationToken) {
     let lag_entries = inner.metrics.lag_entries.get_or_create(&label).clone();
     let imported = inner.metrics.imported.get_or_create(&label).clone();
     let mut counted_ready = false;
+    let mut counted_at: Option<tokio::time::Instant> = None;
     let lease_ms = inner.config.lease.as_millis().max(1) as u64;
     // Remote time up to which this region has everything: now while caught up, the newest
     // imported entry's timestamp while behind. Lag is measured against it by a ticker, so it
@@ -574,8 +697,13 @@ async fn import(inner: Arc<Inner>, peer: Peer, cancel: CancellationToken) {
             }
             if behind {
                 caught_up_to.store(last.ms, Ordering::Relaxed);
-                if let Ok(n) = count_after(&mut rc, &remote_log, cursor, 10_000).await {
-                    lag_entries.set(n as i64);
+                if counted_at.is_none_or(|t| t.elapsed() >= LAG_COUNT_INTERVAL) {
+                    counted_at = Some(tokio::time::Instant::now());
+                    let mut count = inner.count_after.key(&remote_log);
+                    count.arg(format!("({cursor}")).arg(LAG_COUNT_CAP);
+                    if let Ok(n) = count.invoke_async::<usize>(&mut rc).await {
+                        lag_entries.set(n as i64);
+                    }
                 }
             } else {
                 caught_up_to.store(now_ms(), Ordering::Relaxed);
@@ -700,24 +828,7 @@ async fn last_id(conn: &mut Conn, key: &str) -> Result<StreamId, RedisError> {
     Ok(entries.first().map(|e| e.id).unwrap_or_default())
 }
 
-/// Entries after `after`, counted up to `cap`.
-async fn count_after(
-    conn: &mut Conn,
-    key: &str,
-    after: StreamId,
-    cap: usize,
-) -> Result<usize, RedisError> {
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg(format!("({after}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(cap)
-        .query_async(conn)
-        .await?;
-    Ok(parse_range(reply).map_err(format_error)?.len())
-}
-
+/// Why a stream read failed.
 enum ReadError {
     Redis(RedisError),
     Format(String),

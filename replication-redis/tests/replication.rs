@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use broker_core::Limits;
 use support::*;
 use transport_ws::{ClientError, Event};
 
@@ -441,4 +442,79 @@ async fn readiness_waits_for_every_importer() {
     // Publishing in its own region still works; only the import from b is missing.
     let mut p = lonely.client().await;
     p.publish("tech", "1").await.unwrap();
+}
+
+/// Publishes sent back to back without waiting for their replies (pipelined) are each
+/// acknowledged, in publish order, and delivered once in both regions in that order: with the
+/// default in-flight window, and with a window and an append queue of one, where every
+/// publish waits for room.
+#[tokio::test]
+async fn pipelined_publishes_are_acknowledged_and_delivered_in_order() {
+    const N: usize = 300;
+    for (inflight, queue) in [(64, 8192), (1, 1)] {
+        let (ra, rb) = (
+            RedisServer::start(false).await,
+            RedisServer::start(false).await,
+        );
+        let mut limits = Limits::default();
+        limits.max_inflight_publishes = inflight;
+        let mut ca = config("a", &ra.url()).peer(region("b"), rb.url());
+        ca.export_queue = queue;
+        let na = Node::start_with(ca, limits).await.ready().await;
+        let nb = Node::start(config("b", &rb.url()).peer(region("a"), ra.url()))
+            .await
+            .ready()
+            .await;
+        let mut sa = na.subscriber(&["tech"]).await;
+        let mut sb = nb.subscriber(&["tech"]).await;
+        // Two publishers at once, so that their publishes share the append queue.
+        let mut pubs = [na.client().await, na.client().await];
+        let mut sent = Vec::new();
+        for i in 0..N {
+            for (p, publisher) in pubs.iter_mut().enumerate() {
+                let id = publisher
+                    .send_publish("tech", &format!(r#"{{"p":{p},"i":{i}}}"#))
+                    .await
+                    .unwrap();
+                sent.push((p, id));
+            }
+        }
+        for (p, publisher) in pubs.iter_mut().enumerate() {
+            let expected: Vec<_> = sent
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let mut acked = Vec::new();
+            while acked.len() < N {
+                let event = tokio::time::timeout(WAIT, publisher.next_event())
+                    .await
+                    .expect("timed out waiting for publish replies")
+                    .unwrap();
+                match event {
+                    Event::Published { id, .. } => acked.push(id.unwrap()),
+                    Event::Message(_) => {}
+                    other => panic!("unexpected {other:?} (window {inflight})"),
+                }
+            }
+            assert_eq!(
+                acked, expected,
+                "replies in publish order (window {inflight})"
+            );
+        }
+        for s in [&mut sa, &mut sb] {
+            let got = collect(s, 2 * N, WAIT).await;
+            assert_eq!(got.len(), 2 * N, "every message once (window {inflight})");
+            for p in 0..2 {
+                let order: Vec<_> = got
+                    .iter()
+                    .filter(|d| d.starts_with(&format!(r#"{{"p":{p},"#)))
+                    .cloned()
+                    .collect();
+                let want: Vec<_> = (0..N).map(|i| format!(r#"{{"p":{p},"i":{i}}}"#)).collect();
+                assert_eq!(order, want, "per-publisher order (window {inflight})");
+            }
+            silence(s, Duration::from_millis(300)).await;
+        }
+    }
 }

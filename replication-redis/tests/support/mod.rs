@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use broker_core::{Broker, BrokerConfig, Metrics, RegionName, StaticKeys};
+use broker_core::{Broker, BrokerConfig, Limits, Metrics, RegionName, StaticKeys};
 use replication_redis::{RedisReplicationConfig, RedisReplicator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -196,14 +196,20 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: RedisReplicationConfig) -> Self {
+        Self::start_with(config, Limits::default()).await
+    }
+
+    pub async fn start_with(config: RedisReplicationConfig, limits: Limits) -> Self {
         let region = config.region.clone();
+        let mut broker_config = BrokerConfig::with_region(region);
+        broker_config.limits = limits;
         let metrics = Arc::new(Metrics::new());
         let replicator = Arc::new(RedisReplicator::new(config, &metrics).unwrap());
         let keys = StaticKeys::new()
             .with_api_key("app", KEY, None)
             .with_admin_token("ops", ADMIN);
         let broker = Broker::builder()
-            .config(BrokerConfig::with_region(region))
+            .config(broker_config)
             .authenticator(Arc::new(keys))
             .metrics(metrics)
             .replicator(replicator.clone())
