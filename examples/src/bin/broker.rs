@@ -18,9 +18,10 @@ use tracing_subscriber::EnvFilter;
 use transport_quic::{QuicServer, TlsIdentity};
 use transport_ws::WsServer;
 
-/// mimalloc instead of the system allocator: the replication path allocates a reply tree per
-/// Redis read (redis-rs), where glibc's malloc spent a quarter of the broker's time
-/// (docs/BENCHMARKS.md).
+/// mimalloc (its v2 series) instead of the system allocator: the replication path allocates a
+/// reply tree per Redis read (redis-rs), where glibc's malloc spent a quarter of the broker's
+/// time; v2 also keeps an idle connection smaller than glibc does (v3 made it larger). Measured
+/// with `bench/compare.sh` (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
