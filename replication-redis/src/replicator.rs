@@ -480,7 +480,7 @@ async fn read_log(inner: Arc<Inner>, sink: Arc<dyn DeliverySink>, cancel: Cancel
         linger = lingers(&inner.config, entries.len());
         for raw in entries {
             cursor = Some(raw.id);
-            match Entry::parse(&raw.fields) {
+            match Entry::parse(raw.fields) {
                 Some(Entry::Message(m)) => {
                     if dedup.insert(&m.id) {
                         sink.deliver(m);
@@ -660,8 +660,8 @@ async fn import(inner: Arc<Inner>, peer: Peer, cancel: CancellationToken) {
             behind = entries.len() >= inner.config.batch;
             linger = lingers(&inner.config, entries.len());
             let copied: Vec<Entry> = entries
-                .iter()
-                .filter_map(|raw| Entry::parse(&raw.fields))
+                .into_iter()
+                .filter_map(|raw| Entry::parse(raw.fields))
                 .filter(|e| e.origin() == &peer.region && e.exported())
                 .collect();
             if copied.is_empty() && stored_at.elapsed() < CURSOR_STORE_INTERVAL {
