@@ -291,15 +291,16 @@ replication_scenario() {
   start_broker region-b --region b --redis "$ub" --peer "a=$ua"; local pb=$BROKER_PID urb=$BROKER_URL
   sleep 1 # replication readiness
   run "$label" ws "$round" replication --url-a "$ura" --url-b "$urb" --api-key "$KEY" \
-    --broker-pid "$pa" --broker-pid "$pb" "$@"
+    --broker-pid "$pa" --broker-pid "$pb" --store-pid "${REDIS_PIDS[0]}" --store-pid "${REDIS_PIDS[1]}" "$@"
   stop_pid "$pa"; stop_pid "$pb"
   if [ "$label" = replication ]; then
-    # The reference: pipelined XADD of an entry as large as ours, on the same Redis, same run.
+    # The reference: pipelined XADD of an entry shaped like ours (one packed field `m`, see
+    # replication-redis/src/entry.rs) and as large, with the same trimming, same Redis, same run.
     local n=2000000 p=64
     [ "$MODE" = smoke ] && n=20000
     local data; data=$(head -c 128 /dev/zero | tr '\0' x)
     local cmd=("${GEN[@]}" redis-benchmark -s "$WORK/redis-a/redis.sock" -n "$n" -P "$p" -q
-      XADD bench:xadd MAXLEN '~' 1000000 '*' k m id 0193a0c2f1e8a3f94c2b7d1e0a5500000001 o a c bench.replication d "$data")
+      XADD bench:xadd MAXLEN '~' 1000000 '*' m "0193a0c2f1e8a3f94c2b7d1e0a5500000001 a bench.replication $data")
     echo "${cmd[*]}" | sed "s|$WORK|\$WORK|g" >> "$RESULTS/commands.txt"
     log "redis-benchmark pipelined XADD (round $round)"
     "${cmd[@]}" 2>/dev/null | tr '\r' '\n' | grep 'requests per second' | tail -1 \

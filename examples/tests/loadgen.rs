@@ -60,6 +60,7 @@ fn plan(channels: usize, subs_per_channel: usize, rate: Option<f64>) -> TrafficP
         connect_concurrency: 8,
         sources: Vec::new(),
         broker_pids: vec![std::process::id()],
+        store_pids: Vec::new(),
     }
 }
 

@@ -132,6 +132,10 @@ pub struct TrafficArgs {
     /// Broker process id(s) whose CPU time to report per delivery (repeatable).
     #[arg(long = "broker-pid")]
     pub broker_pids: Vec<u32>,
+    /// Process id(s) of the stores behind the brokers (the Redis servers of `replication`)
+    /// whose CPU time to report per message (repeatable).
+    #[arg(long = "store-pid")]
+    pub store_pids: Vec<u32>,
 }
 
 /// Connection set-up.

@@ -243,6 +243,7 @@ fn plan(
         connect_concurrency: c.connect_concurrency,
         sources: c.addresses(),
         broker_pids: t.broker_pids.clone(),
+        store_pids: t.store_pids.clone(),
     }
 }
 
@@ -433,6 +434,14 @@ pub fn summary(r: &RunReport) -> String {
                 t.broker_cpu_s.unwrap_or(0.0),
                 c,
                 t.generator_cpu_fraction * 100.0
+            );
+        }
+        if let Some(c) = t.store_cpu_us_per_message {
+            let _ = writeln!(
+                s,
+                "   store CPU {:.2} s = {:.3} µs per message",
+                t.store_cpu_s.unwrap_or(0.0),
+                c
             );
         }
         let _ = writeln!(

@@ -694,9 +694,9 @@ fn replication_details(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| Run | Round | Messages/s reaching B | Broker CPU / message (both brokers) | Same-region p50 / p99 | Cross-region p50 / p99 | Lost | Valid |"
+        "| Run | Round | Messages/s reaching B | Broker CPU / message (both brokers) | Redis CPU / message (both servers) | Same-region p50 / p99 | Cross-region p50 / p99 | Lost | Valid |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for label in labels {
         let Some(runs) = r.get(&label, "ws") else {
             continue;
@@ -709,15 +709,11 @@ fn replication_details(s: &mut String, r: &Results) {
             let per_sub = b.deliveries_per_s / b.subscribers.max(1) as f64;
             let _ = writeln!(
                 s,
-                "| {label} | {} | {} | {} | {} / {} | {} / {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} |",
                 i + 1,
                 rate(Some(per_sub)),
-                t.broker_cpu_s
-                    .filter(|_| per_sub > 0.0)
-                    .map_or("–".into(), |c| format!(
-                        "{:.1} µs",
-                        c / t.window_s / per_sub * 1e6
-                    )),
+                per_message(t.broker_cpu_s, t.window_s, per_sub),
+                per_message(t.store_cpu_s, t.window_s, per_sub),
                 ms(Some(a.latency.p50_us)),
                 ms(Some(a.latency.p99_us)),
                 ms(Some(b.latency.p50_us)),
@@ -740,6 +736,15 @@ fn replication_details(s: &mut String, r: &Results) {
         );
     }
     s.push('\n');
+}
+
+/// CPU seconds over a window as microseconds per message at `per_s` messages a second.
+fn per_message(cpu_s: Option<f64>, window_s: f64, per_s: f64) -> String {
+    cpu_s
+        .filter(|_| per_s > 0.0 && window_s > 0.0)
+        .map_or("–".into(), |c| {
+            format!("{:.1} µs", c / window_s / per_s * 1e6)
+        })
 }
 
 fn setup(s: &mut String, r: &Results, nats: &str) {

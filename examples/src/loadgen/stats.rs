@@ -163,6 +163,14 @@ pub struct TrafficReport {
     /// Broker CPU time per delivery in the window, microseconds.
     #[serde(default)]
     pub broker_cpu_us_per_delivery: Option<f64>,
+    /// CPU seconds the store process(es) behind the brokers (Redis, with `--store-pid`) used
+    /// in the measurement window.
+    #[serde(default)]
+    pub store_cpu_s: Option<f64>,
+    /// Store CPU time per published message in the window, microseconds: with the stores on
+    /// one core, a million divided by it bounds the message rate even for free brokers.
+    #[serde(default)]
+    pub store_cpu_us_per_message: Option<f64>,
     /// Share of one core this generator used in the window; near 1.0 means the generator,
     /// not the broker, may have limited the run.
     #[serde(default)]

@@ -59,6 +59,8 @@ pub struct TrafficPlan {
     pub sources: Vec<IpAddr>,
     /// Broker processes whose CPU time to measure over the window.
     pub broker_pids: Vec<u32>,
+    /// Store processes (Redis) whose CPU time to measure over the window.
+    pub store_pids: Vec<u32>,
 }
 
 /// One subscriber connection.
@@ -406,13 +408,19 @@ pub async fn run(
     let (r0, p0, w0) = (shared.received(), shared.published(), Instant::now());
     let group_r0 = group_received(&shared);
     let (broker0, gen0) = (cpu(&plan.broker_pids), cpu_seconds(me).ok());
+    let store0 = cpu(&plan.store_pids);
     tokio::time::sleep_until(end).await;
     let (r1, p1, w1) = (shared.received(), shared.published(), Instant::now());
     let group_r1 = group_received(&shared);
     let (broker1, gen1) = (cpu(&plan.broker_pids), cpu_seconds(me).ok());
+    let store1 = cpu(&plan.store_pids);
     let window_s = (w1 - w0).as_secs_f64();
     let broker_cpu_s = match (broker0, broker1) {
         (Some(a), Some(b)) if !plan.broker_pids.is_empty() => Some(b - a),
+        _ => None,
+    };
+    let store_cpu_s = match (store0, store1) {
+        (Some(a), Some(b)) if !plan.store_pids.is_empty() => Some(b - a),
         _ => None,
     };
 
@@ -525,6 +533,10 @@ pub async fn run(
         broker_cpu_us_per_delivery: broker_cpu_s
             .filter(|_| r1 > r0)
             .map(|c| c * 1e6 / (r1 - r0) as f64),
+        store_cpu_s,
+        store_cpu_us_per_message: store_cpu_s
+            .filter(|_| p1 > p0)
+            .map(|c| c * 1e6 / (p1 - p0) as f64),
         generator_cpu_fraction: match (gen0, gen1) {
             (Some(a), Some(b)) => (b - a) / window_s,
             _ => 0.0,
