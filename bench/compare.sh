@@ -373,7 +373,7 @@ if [ "$MODE" = smoke ]; then
 else
   if [ "${BENCH_PROFILE:-1}" = 1 ]; then
     log "profiling (bench/profile.sh)"
-    bench/profile.sh "$TARGET/release" > "$RESULTS/profile.md" || log "profiling failed; report without it"
+    NATS_SERVER=$NATS bench/profile.sh "$TARGET/release" > "$RESULTS/profile.md" || log "profiling failed; report without it"
   fi
   "$LOADGEN" report --results "$RESULTS" --out "$OUT" >&2
   log "results in $RESULTS; report in $OUT ($FAILED invalid runs)"

@@ -7,7 +7,9 @@
 #
 # - callgrind (instruction counts: repeatable whatever else the machine does) of the broker
 #   through a fan-out at maximum rate and at a fixed rate, per delivery;
-# - perf with the cpu-clock software event (when perf works here) for the kernel's share;
+# - perf with the cpu-clock software event (when perf works here) for the kernel's share, and
+#   perf's syscall tracepoints for the socket writes per delivery of our broker and of NATS
+#   (NATS_SERVER, else nats-server on PATH);
 # - DHAT for the heap an idle connection holds;
 # - Redis's own command statistics per replicated message.
 set -euo pipefail
@@ -85,18 +87,20 @@ if command -v valgrind >/dev/null; then
   callgrind_case "Fixed rate, one frame per wake-up (200 subscribers × 50 msg/s)" --subscribers 200 --rate 50 --duration 5s
 fi
 
-if perf stat -e cpu-clock true >/dev/null 2>&1; then
-  log "perf: fixed rate 1000 x 200"
+# perf_case TITLE loadgen-fanout-args…: the broker pinned to CPU 0 under perf (cpu-clock) through
+# a fan-out; prints the share of its time by where it ran and the top kernel functions.
+perf_case() {
+  local title=$1; shift
   broker_under taskset -c 0
   perf record -q -e cpu-clock -F 2000 -g -p "$PID" -o "$WORK/perf.data" -- sleep 6 > /dev/null 2>&1 &
-  prec=$!
+  local prec=$!
   sleep 0.3
-  "${GEN[@]}" "$LOADGEN" fanout --url "$URL" --api-key "$KEY" --subscribers 1000 --rate 200 \
-    --duration 5s --warmup 0s --json /dev/null > /dev/null 2>&1 || true
+  "${GEN[@]}" "$LOADGEN" fanout --url "$URL" --api-key "$KEY" --duration 5s --warmup 0s \
+    --json /dev/null "$@" > /dev/null 2>&1 || true
   wait "$prec" || true
   stop "$PID"
-  echo "**Fixed rate, 1,000 subscribers × 200 msg/s** (perf, cpu-clock): share of the broker's"
-  echo "CPU time by where it ran, then the kernel functions with the most samples of their own:"
+  echo "**$title** (perf, cpu-clock, \`loadgen fanout $*\`): share of the broker's CPU time by"
+  echo "where it ran, then the kernel functions with the most samples of their own:"
   echo
   echo '```text'
   { perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
@@ -104,6 +108,56 @@ if perf stat -e cpu-clock true >/dev/null 2>&1; then
   echo
   { perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
     | awk '/\[k\]/ && n < 8 {gsub(/ +/, " "); sub(/^ /, ""); sub(/ - - *$/, ""); print; n++}'; } || true
+  echo '```'
+  echo
+}
+
+if perf stat -e cpu-clock true >/dev/null 2>&1; then
+  log "perf: fan-out at maximum rate, 100 subscribers"
+  perf_case "Fan-out at maximum rate, 100 subscribers" --subscribers 100 --window 64
+  log "perf: fixed rate 1000 x 200"
+  perf_case "Fixed rate, 1,000 subscribers × 200 msg/s" --subscribers 1000 --rate 200
+fi
+
+# writes_case BACKEND PID loadgen-target-args…: socket writes the server made (perf's syscall
+# tracepoints) during a 100-subscriber fan-out at maximum rate, per delivery.
+writes_case() {
+  local backend=$1 pid=$2; shift 2
+  local ev=syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg
+  perf stat -x, -e "$ev" -p "$pid" -o "$WORK/stat.txt" > /dev/null 2>&1 &
+  local pstat=$!
+  sleep 0.3
+  "${GEN[@]}" "$LOADGEN" fanout --subscribers 100 --window 64 --duration 5s --warmup 0s \
+    --json "$WORK/w.json" "$@" > /dev/null 2>&1 || true
+  kill -INT "$pstat" 2>/dev/null || true
+  wait "$pstat" 2>/dev/null || true
+  local writes recv pubs
+  writes=$(awk -F, '$1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$WORK/stat.txt")
+  read -r recv pubs < <(deliveries "$WORK/w.json")
+  awk -v b="$backend" -v w="$writes" -v r="$recv" \
+    'BEGIN {printf "%-22s %9d deliveries  %7d socket writes  %5.1f deliveries per write\n", b, r, w, (w > 0 ? r / w : 0)}'
+}
+
+NATS=${NATS_SERVER:-$(command -v nats-server || true)}
+if [ -n "$NATS" ] && [ -x "$NATS" ] && perf stat -e syscalls:sys_enter_writev true >/dev/null 2>&1; then
+  log "perf: socket writes per delivery, ours and NATS"
+  echo "**Socket writes per delivery** (perf's syscall tracepoints on the server: \`write\`,"
+  echo "\`writev\`, \`sendto\`, \`sendmsg\`), fan-out at maximum rate, 100 subscribers, window 64,"
+  echo "each server pinned to CPU 0:"
+  echo
+  echo '```text'
+  broker_under taskset -c 0
+  writes_case "pubsub-broker (ws)" "$PID" --backend ws --url "$URL" --api-key "$KEY"
+  stop "$PID"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  wsport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'listen: 127.0.0.1:%s\nauthorization { token: "t" }\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n  compression: false\n}\n' \
+    "$port" "$wsport" > "$WORK/nats.conf"
+  GOMAXPROCS=1 taskset -c 0 "$NATS" -c "$WORK/nats.conf" > "$WORK/nats.log" 2>&1 &
+  npid=$!; PIDS+=("$npid")
+  for _ in $(seq 100); do grep -q "Server is ready" "$WORK/nats.log" 2>/dev/null && break; sleep 0.05; done
+  writes_case "NATS (ws)" "$npid" --backend nats --url "ws://127.0.0.1:$wsport" --token t
+  stop "$npid"
   echo '```'
   echo
 fi
@@ -167,13 +221,14 @@ if command -v redis-server >/dev/null; then
     --window 256 --duration 5s --warmup 1s --json "$WORK/repl.json" > /dev/null 2>&1 || true
   read -r recv pubs < <(deliveries "$WORK/repl.json")
   echo "**Replication at maximum rate** (\`loadgen replication --publishers 16 --window 256\`):"
-  echo "Redis commands per replicated message ($pubs messages), and Redis's own time per call:"
+  echo "Redis commands per replicated message ($pubs messages), and Redis's own time per call and"
+  echo "per message (an EVALSHA's time includes the XADDs it runs, which Redis also counts as XADD):"
   echo
   echo '```text'
   for r in a b; do
     redis-cli -s "$WORK/$r/s" info commandstats | tr -d '\r' | { grep '^cmdstat_' || true; } \
-      | sed 's/^cmdstat_//; s/:calls=/ /; s/,usec=[0-9]*,usec_per_call=/ /; s/,.*//' \
-      | awk -v r="$r" -v n="$pubs" '$2 > 0 && $1 != "config|resetstat" {printf "redis %s  %-8s %6.2f per message  %7.2f µs per call\n", r, $1, $2 / n, $3}'
+      | sed 's/^cmdstat_//; s/:calls=/ /; s/,usec=/ /; s/,usec_per_call=/ /; s/,.*//' \
+      | awk -v r="$r" -v n="$pubs" '$2 > 0 && $1 != "config|resetstat" {printf "redis %s  %-8s %6.3f calls per message  %7.2f µs per call  %5.2f µs per message\n", r, $1, $2 / n, $4, $3 / n}'
   done
   echo '```'
   echo
