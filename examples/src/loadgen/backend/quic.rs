@@ -106,7 +106,7 @@ impl QuicBackend {
             return Ok(ep.clone());
         }
         let bind = SocketAddr::new(source.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), 0);
-        let ep = Endpoint::client(bind)?;
+        let ep = transport_quic::client_endpoint(bind)?;
         eps.insert(source, ep.clone());
         Ok(ep)
     }
