@@ -7,9 +7,11 @@
 //! queueing the reply can come first) to its `unsubscribed` or `invalidated` end frame.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use broker_core::{ChannelName, Envelope, Outbound, ServerFrame};
+use rustc_hash::FxHasher;
 
 /// What to do with one outbound item.
 #[derive(Debug)]
@@ -41,7 +43,10 @@ enum State {
 /// The demultiplexer of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Demux {
-    channels: HashMap<ChannelName, State>,
+    /// Looked up once per message, so with a fast hasher; it holds the connection's
+    /// subscriptions (at most `max_subscriptions`) and a few ending ones, too few for hash
+    /// flooding to matter.
+    channels: HashMap<ChannelName, State, BuildHasherDefault<FxHasher>>,
 }
 
 impl Demux {
