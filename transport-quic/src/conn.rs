@@ -482,15 +482,42 @@ impl Writers {
         core: &broker_core::Connection,
     ) -> Result<(), Overflow> {
         while self.lingering.try_join_next().is_some() {}
+        self.unflushed = true;
         let mut routes = std::mem::take(&mut self.routes);
-        for item in batch.drain(..) {
-            self.demux
-                .route(item, |c| core.subscriptions().contains(c), &mut routes);
+        let mut items = batch.drain(..).peekable();
+        let mut result = Ok(());
+        while let Some(item) = items.next() {
+            match item {
+                // The common case, a run of messages on a channel whose stream is open: one
+                // lookup for the run, no route per message.
+                Outbound::Message(env) if self.demux.is_open(&env.message().channel) => {
+                    let channel = env.message().channel.clone();
+                    let Some(stream) = self.streams.get_mut(&channel) else {
+                        continue;
+                    };
+                    result = queue_message(stream, &env, &mut self.buffered, self.max_buffered);
+                    while let Some(Outbound::Message(next)) = items.peek() {
+                        if result.is_err() || next.message().channel != channel {
+                            break;
+                        }
+                        result = queue_message(stream, next, &mut self.buffered, self.max_buffered);
+                        items.next();
+                    }
+                }
+                item => {
+                    self.demux
+                        .route(item, |c| core.subscriptions().contains(c), &mut routes);
+                    result = routes.drain(..).try_for_each(|r| self.apply(r));
+                }
+            }
+            if result.is_err() {
+                break;
+            }
         }
-        let result = routes.drain(..).try_for_each(|r| self.apply(r));
+        drop(items);
+        batch.clear();
         routes.clear();
         self.routes = routes;
-        self.unflushed = true;
         result
     }
 
@@ -530,21 +557,12 @@ impl Writers {
             }
             Route::Message(env) => {
                 // The demultiplexer routes `Open` before a channel's first message.
-                let Some(stream) = self.streams.get_mut(&env.message().channel) else {
-                    return Ok(());
-                };
-                if stream.failed() {
-                    // The client stopped this stream: its messages are dropped until it
-                    // unsubscribes.
-                    return Ok(());
+                match self.streams.get_mut(&env.message().channel) {
+                    Some(stream) => {
+                        queue_message(stream, &env, &mut self.buffered, self.max_buffered)
+                    }
+                    None => Ok(()),
                 }
-                if self.buffered >= self.max_buffered {
-                    return Err(Overflow);
-                }
-                stream.pending.push_back(framed_message(&env));
-                stream.messages += 1;
-                self.buffered += 1;
-                Ok(())
             }
             Route::End(channel, frame) => {
                 if let Some(mut stream) = self.streams.remove(&channel) {
@@ -611,6 +629,27 @@ impl Writers {
         })
         .await;
     }
+}
+
+/// Queues one message on its channel's stream, counted in `buffered`; `Overflow` when that
+/// would pass `max_buffered`.
+fn queue_message(
+    stream: &mut OutStream,
+    env: &Envelope,
+    buffered: &mut usize,
+    max_buffered: usize,
+) -> Result<(), Overflow> {
+    if stream.failed() {
+        // The client stopped this stream: its messages are dropped until it unsubscribes.
+        return Ok(());
+    }
+    if *buffered >= max_buffered {
+        return Err(Overflow);
+    }
+    stream.pending.push_back(framed_message(env));
+    stream.messages += 1;
+    *buffered += 1;
+    Ok(())
 }
 
 /// A message's length-prefixed frame, built once per publish for all QUIC subscribers.

@@ -50,6 +50,12 @@ pub(crate) struct Demux {
 }
 
 impl Demux {
+    /// Whether `channel`'s stream is open, so that its messages route straight to it (as
+    /// [`Demux::route`] would route them, without changing any state).
+    pub(crate) fn is_open(&self, channel: &ChannelName) -> bool {
+        self.channels.get(channel) == Some(&State::Open)
+    }
+
     /// Routes one queue item. `subscribed` tells whether the connection holds a subscription to
     /// a channel right now; it is asked once per `subscribed` reply that finds no open stream.
     pub(crate) fn route(
