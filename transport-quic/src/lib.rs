@@ -136,6 +136,20 @@ pub fn client_endpoint(bind: std::net::SocketAddr) -> std::io::Result<quinn::End
     )
 }
 
+/// Asks clients that support the ACK frequency extension (quinn's do) to acknowledge every
+/// fourth ack-eliciting packet, and any packet after at most 2 ms, rather than every second
+/// packet (and after 25 ms): in fan-out most of the datagrams a client sends are
+/// acknowledgements, each a send for the client and a receive for the server. The 2 ms bound
+/// keeps loss detection at least as prompt as the default, and acknowledgements frequent enough
+/// for the congestion window to follow a closed-loop sender (a threshold of 9 with 5 ms was
+/// slower).
+fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(3))
+        .max_ack_delay(Some(Duration::from_millis(2)));
+    ack
+}
+
 /// Serves one broker over QUIC.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -181,7 +195,8 @@ impl QuicServer {
             )
             .send_window(config.send_window)
             .datagram_receive_buffer_size(None)
-            .mtu_discovery_config(Some(mtu_discovery()));
+            .mtu_discovery_config(Some(mtu_discovery()))
+            .ack_frequency_config(Some(ack_frequency()));
         let mut server_config =
             quinn::ServerConfig::with_crypto(Arc::new(identity.server_crypto()?));
         server_config.transport_config(Arc::new(transport));
