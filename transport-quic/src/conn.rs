@@ -16,7 +16,7 @@ use broker_core::{
     Broker, ChannelName, CloseReason, Codec, Envelope, ErrorCode, JsonCodec, Limits, Outbound,
     Request, RequestKind, ServerFrame, Session, WireError,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{Connection, ConnectionError, Incoming, SendStream, VarInt};
 use rustc_hash::FxHasher;
 use tokio::task::JoinSet;
@@ -390,10 +390,13 @@ impl OutStream {
             if self.pending.is_empty() {
                 return true;
             }
-            let chunks = self.pending.make_contiguous();
+            // One chunk per write: quinn keeps every chunk as a segment of the stream's send
+            // buffer and finds a segment by a walk from the oldest unacknowledged one, so
+            // hundreds of message-sized chunks cost more than copying them into one.
+            let mut one = [coalesce(&self.pending)];
             // Polled once: quinn registers the waker when it takes nothing, and a write that
             // does not complete writes nothing.
-            let written = match pin!(send.write_chunks(chunks)).poll(cx) {
+            let written = match pin!(send.write_chunks(&mut one)).poll(cx) {
                 Poll::Pending => return false,
                 Poll::Ready(r) => r,
             };
@@ -401,15 +404,28 @@ impl OutStream {
                 self.fail(buffered);
                 return true;
             };
-            // Fully written chunks leave; a partly written one was cut to its rest by quinn.
-            for _ in 0..written.chunks {
-                self.pending.pop_front();
-                if self.header_pending {
-                    self.header_pending = false;
-                } else if self.messages > 0 {
-                    self.messages -= 1;
-                    *buffered -= 1;
-                }
+            self.consume(written.bytes, buffered);
+        }
+    }
+
+    /// Drops the first `bytes` bytes of `pending`: whole frames leave (messages leave the
+    /// count), and a frame written in part keeps its rest.
+    fn consume(&mut self, mut bytes: usize, buffered: &mut usize) {
+        while bytes > 0 {
+            let Some(front) = self.pending.front_mut() else {
+                return;
+            };
+            if front.len() > bytes {
+                front.advance(bytes);
+                return;
+            }
+            bytes -= front.len();
+            self.pending.pop_front();
+            if self.header_pending {
+                self.header_pending = false;
+            } else if self.messages > 0 {
+                self.messages -= 1;
+                *buffered -= 1;
             }
         }
     }
@@ -631,6 +647,34 @@ impl Writers {
     }
 }
 
+/// Most bytes copied into one chunk per write (a stalled stream's backlog goes in several).
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// The first frames of `pending` as one chunk: the first frame itself when alone, else a copy
+/// of the frames that fit in [`COALESCE_BYTES`] (at least one). `pending` must not be empty.
+fn coalesce(pending: &VecDeque<Bytes>) -> Bytes {
+    if pending.len() == 1 {
+        return pending[0].clone();
+    }
+    let mut total = 0;
+    let mut n = 0;
+    for frame in pending {
+        if n > 0 && total + frame.len() > COALESCE_BYTES {
+            break;
+        }
+        total += frame.len();
+        n += 1;
+    }
+    if n == 1 {
+        return pending[0].clone();
+    }
+    let mut out = BytesMut::with_capacity(total);
+    for frame in pending.iter().take(n) {
+        out.extend_from_slice(frame);
+    }
+    out.freeze()
+}
+
 /// Queues one message on its channel's stream, counted in `buffered`; `Overflow` when that
 /// would pass `max_buffered`.
 fn queue_message(
@@ -657,4 +701,51 @@ fn framed_message(env: &Envelope) -> Bytes {
     env.encoded(FRAMED_SLOT, |_| {
         framing::frame(&JsonCodec.encode_message(env))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(frames: &[&'static [u8]], header: bool, messages: usize) -> OutStream {
+        OutStream {
+            state: StreamState::Failed,
+            priority: CHANNEL_PRIORITY,
+            pending: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+            messages,
+            header_pending: header,
+        }
+    }
+
+    #[test]
+    fn written_bytes_release_whole_frames_and_count_only_messages() {
+        // Header (3 bytes), two messages (4 and 5 bytes), end frame (2 bytes).
+        let mut s = stream(&[b"hhh", b"mmmm", b"nnnnn", b"ee"], true, 2);
+        let mut buffered = 2;
+        assert_eq!(&coalesce(&s.pending)[..], b"hhhmmmmnnnnnee");
+        s.consume(5, &mut buffered); // the header and half of the first message
+        assert!(!s.header_pending);
+        assert_eq!((s.messages, buffered), (2, 2));
+        assert_eq!(&s.pending[0][..], b"mm");
+        s.consume(2, &mut buffered);
+        assert_eq!((s.messages, buffered), (1, 1));
+        s.consume(7, &mut buffered);
+        assert_eq!((s.messages, buffered), (0, 0));
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn a_lone_frame_is_written_without_a_copy_and_a_large_backlog_in_parts() {
+        static BIG: [u8; COALESCE_BYTES] = [0; COALESCE_BYTES];
+        let s = stream(&[b"only"], false, 1);
+        assert_eq!(coalesce(&s.pending).as_ptr(), s.pending[0].as_ptr());
+        let s = stream(&[b"ab", &BIG, b"cd"], false, 3);
+        assert_eq!(coalesce(&s.pending).len(), 2, "the first frame alone fits");
+        let s = stream(&[&BIG, b"cd"], false, 2);
+        assert_eq!(
+            coalesce(&s.pending).len(),
+            COALESCE_BYTES,
+            "at least one frame"
+        );
+    }
 }
