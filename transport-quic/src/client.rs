@@ -290,7 +290,7 @@ impl Client {
         } else {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Bind)?;
+        let endpoint = crate::client_endpoint(bind).map_err(ConnectError::Bind)?;
         let conn = endpoint
             .connect_with(quinn_config, addr, &config.server_name)?
             .await?;

@@ -1,10 +1,14 @@
 //! One QUIC connection: authenticate on the control stream, then read requests into the
 //! session while a dispatcher drains the session's queue, replies to the control stream and each
-//! channel's messages to that channel's own unidirectional stream, one writer task per stream.
+//! channel's messages to that channel's own unidirectional stream, all written by the
+//! connection's task straight into quinn.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::hash::BuildHasherDefault;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use broker_core::message::ENCODING_SLOTS;
@@ -12,10 +16,9 @@ use broker_core::{
     Broker, ChannelName, CloseReason, Codec, Envelope, ErrorCode, JsonCodec, Limits, Outbound,
     Request, RequestKind, ServerFrame, Session, WireError,
 };
-use bytes::Bytes;
-use quinn::{Connection, Incoming, SendStream, VarInt};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use bytes::{Buf, Bytes, BytesMut};
+use quinn::{Connection, ConnectionError, Incoming, SendStream, VarInt};
+use rustc_hash::FxHasher;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +36,6 @@ const MAX_AUTH_FRAME: usize = 16 * 1024;
 /// acknowledged may linger beyond `max_subscriptions` by this many; a client that leaves more
 /// of its streams unread than that is closed as a slow consumer.
 const STREAM_SLACK: usize = 64;
-
-/// Frames handed to quinn per write call.
-const WRITE_BATCH: usize = 64;
 
 /// Replies go out ahead of bulk channel data (quinn sends higher priorities first and
 /// round-robins streams of equal priority).
@@ -262,6 +262,7 @@ async fn serve(conn: Connection, authed: Authed, shared: &Shared) {
                         None => break End::Lost,
                     },
                 },
+                () = poll_fn(|cx| writers.poll_flush(cx)), if writers.unflushed => {}
                 _ = shared.shutdown.cancelled(), if !shutdown_seen => {
                     shutdown_seen = true;
                     core.close(CloseReason::Shutdown);
@@ -307,72 +308,230 @@ async fn read_requests(
     }
 }
 
-/// One item for a channel stream's writer.
-#[derive(Debug)]
-enum StreamItem {
-    /// A channel message: counts against the connection's outbound limit until written.
-    Message(Bytes),
-    /// The header or the end frame.
-    Frame(Bytes),
-}
-
 /// The per-connection buffers ran over the connection's limits.
 #[derive(Debug)]
 struct Overflow;
 
-/// The writing side of one connection: the demultiplexer and one writer task per stream.
+/// A stream being opened: `Connection::open_uni` waits while the client allows no more
+/// concurrent streams.
+type Opening = Pin<Box<dyn Future<Output = Result<SendStream, ConnectionError>> + Send>>;
+
+/// Where one outgoing stream stands.
+enum StreamState {
+    Opening(Opening),
+    Open(SendStream),
+    /// Stopped by the client, or the connection is gone: its frames are dropped.
+    Failed,
+}
+
+/// One outgoing stream (the control stream or a channel's) and its frames that quinn has not
+/// accepted yet. Written by the connection's own task, straight from the dispatcher: quinn
+/// takes whatever its flow control allows at once, and only the rest waits here, with the
+/// task's waker registered with quinn (or with the stream's opening) for when the stream can
+/// take more.
+struct OutStream {
+    state: StreamState,
+    priority: i32,
+    /// In order: the `subscribed` header while `header_pending`, then `messages` channel
+    /// messages, then (once the stream is ending) the end frame. Bounded by `Writers`: messages
+    /// by `max_buffered` over all streams, control frames by `max_control`.
+    pending: VecDeque<Bytes>,
+    messages: usize,
+    header_pending: bool,
+}
+
+impl OutStream {
+    fn open(send: SendStream, priority: i32) -> Self {
+        let _ = send.set_priority(priority);
+        Self {
+            state: StreamState::Open(send),
+            priority,
+            pending: VecDeque::new(),
+            messages: 0,
+            header_pending: false,
+        }
+    }
+
+    /// A channel stream to open, its first frame `header`.
+    fn opening(conn: Connection, header: Bytes) -> Self {
+        Self {
+            state: StreamState::Opening(Box::pin(async move { conn.open_uni().await })),
+            priority: CHANNEL_PRIORITY,
+            pending: VecDeque::from([header]),
+            messages: 0,
+            header_pending: true,
+        }
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.state, StreamState::Failed)
+    }
+
+    /// Hands quinn as much of `pending` as it takes. True when nothing is left to write (or the
+    /// stream failed); false when quinn (or the stream's opening) will wake the task.
+    fn flush(&mut self, cx: &mut Context<'_>, buffered: &mut usize) -> bool {
+        loop {
+            let send = match &mut self.state {
+                StreamState::Opening(open) => match open.as_mut().poll(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok(send)) => {
+                        let _ = send.set_priority(self.priority);
+                        self.state = StreamState::Open(send);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.fail(buffered);
+                        return true;
+                    }
+                },
+                StreamState::Open(send) => send,
+                StreamState::Failed => return true,
+            };
+            if self.pending.is_empty() {
+                return true;
+            }
+            // One chunk per write: quinn keeps every chunk as a segment of the stream's send
+            // buffer and finds a segment by a walk from the oldest unacknowledged one, so
+            // hundreds of message-sized chunks cost more than copying them into one.
+            let mut one = [coalesce(&self.pending)];
+            // Polled once: quinn registers the waker when it takes nothing, and a write that
+            // does not complete writes nothing.
+            let written = match pin!(send.write_chunks(&mut one)).poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(r) => r,
+            };
+            let Ok(written) = written else {
+                self.fail(buffered);
+                return true;
+            };
+            self.consume(written.bytes, buffered);
+        }
+    }
+
+    /// Drops the first `bytes` bytes of `pending`: whole frames leave (messages leave the
+    /// count), and a frame written in part keeps its rest.
+    fn consume(&mut self, mut bytes: usize, buffered: &mut usize) {
+        while bytes > 0 {
+            let Some(front) = self.pending.front_mut() else {
+                return;
+            };
+            if front.len() > bytes {
+                front.advance(bytes);
+                return;
+            }
+            bytes -= front.len();
+            self.pending.pop_front();
+            if self.header_pending {
+                self.header_pending = false;
+            } else if self.messages > 0 {
+                self.messages -= 1;
+                *buffered -= 1;
+            }
+        }
+    }
+
+    /// The stream is gone: its frames are dropped and leave the connection's count.
+    fn fail(&mut self, buffered: &mut usize) {
+        self.state = StreamState::Failed;
+        self.pending.clear();
+        *buffered -= self.messages;
+        self.messages = 0;
+        self.header_pending = false;
+    }
+}
+
+/// The writing side of one connection: the demultiplexer and every outgoing stream, all
+/// written by the connection's task (no task or channel per stream).
 struct Writers {
     conn: Connection,
     demux: Demux,
     routes: Vec<Route>,
-    /// Bounded by `outbound_queue + CONTROL_SLACK` frames; when full the client is not reading
-    /// its replies and is closed as a slow consumer, as the core does.
-    control: Option<mpsc::Sender<Bytes>>,
-    /// Each bounded by `outbound_queue + 2` (header, messages, end frame); the messages of all
-    /// of them together are bounded by `outbound_queue` through `buffered`. When a message
-    /// would exceed that, the connection is closed as a slow consumer (4008).
-    streams: HashMap<ChannelName, mpsc::Sender<StreamItem>>,
-    /// The control writer and every channel writer, including ended streams whose end the
-    /// client has not yet acknowledged. At most `max_subscriptions + STREAM_SLACK + 1`.
-    tasks: JoinSet<()>,
-    /// Messages handed to channel writers and not yet written into quinn.
-    buffered: Arc<AtomicUsize>,
+    /// Replies and notices. Its unwritten frames are bounded by `max_control`
+    /// (`outbound_queue + CONTROL_SLACK`); beyond that the client is not reading its replies
+    /// and is closed as a slow consumer, as the core does. `None` once finished.
+    control: Option<OutStream>,
+    /// The open channel streams (at most `max_subscriptions`, so a fast hasher is no HashDoS
+    /// risk). Their unwritten messages together are bounded by `max_buffered`
+    /// (`outbound_queue`, counted in `buffered`); a message beyond that closes the connection
+    /// as a slow consumer (4008), its backlog dropped.
+    streams: HashMap<ChannelName, OutStream, BuildHasherDefault<FxHasher>>,
+    /// Streams ended by unsubscribe or invalidation (end frame queued) with frames still to
+    /// write; finished once written.
+    ending: Vec<OutStream>,
+    /// Finished streams waiting for the client to acknowledge their end (or stop them). With
+    /// `streams`, `ending` and the control stream at most `max_subscriptions + STREAM_SLACK + 1`;
+    /// a client that keeps more from ending is closed as a slow consumer.
+    lingering: JoinSet<()>,
+    /// Messages in all streams' `pending`.
+    buffered: usize,
     max_buffered: usize,
-    max_tasks: usize,
+    max_control: usize,
+    max_streams: usize,
+    /// Some stream may have frames left to write.
+    unflushed: bool,
 }
 
 impl Writers {
     fn new(conn: Connection, control: SendStream, limits: &Limits) -> Self {
         let max_buffered = limits.outbound_queue.max(1);
-        let (tx, rx) = mpsc::channel(max_buffered + broker_core::hub::CONTROL_SLACK);
-        let mut tasks = JoinSet::new();
-        tasks.spawn(control_writer(control, rx));
         Self {
             conn,
             demux: Demux::default(),
             routes: Vec::new(),
-            control: Some(tx),
-            streams: HashMap::new(),
-            tasks,
-            buffered: Arc::new(AtomicUsize::new(0)),
+            control: Some(OutStream::open(control, CONTROL_PRIORITY)),
+            streams: HashMap::default(),
+            ending: Vec::new(),
+            lingering: JoinSet::new(),
+            buffered: 0,
             max_buffered,
-            max_tasks: limits.max_subscriptions + STREAM_SLACK + 1,
+            max_control: max_buffered + broker_core::hub::CONTROL_SLACK,
+            max_streams: limits.max_subscriptions + STREAM_SLACK + 1,
+            unflushed: false,
         }
     }
 
-    /// Hands every item of `batch` to its stream's writer. Never waits.
+    /// Queues every item of `batch` on its stream; the writes follow in `poll_flush`. Never
+    /// waits.
     fn dispatch(
         &mut self,
         batch: &mut VecDeque<Outbound>,
         core: &broker_core::Connection,
     ) -> Result<(), Overflow> {
-        while self.tasks.try_join_next().is_some() {}
+        while self.lingering.try_join_next().is_some() {}
+        self.unflushed = true;
         let mut routes = std::mem::take(&mut self.routes);
-        for item in batch.drain(..) {
-            self.demux
-                .route(item, |c| core.subscriptions().contains(c), &mut routes);
+        let mut items = batch.drain(..).peekable();
+        let mut result = Ok(());
+        while let Some(item) = items.next() {
+            match item {
+                // The common case, a run of messages on a channel whose stream is open: one
+                // lookup for the run, no route per message.
+                Outbound::Message(env) if self.demux.is_open(&env.message().channel) => {
+                    let channel = env.message().channel.clone();
+                    let Some(stream) = self.streams.get_mut(&channel) else {
+                        continue;
+                    };
+                    result = queue_message(stream, &env, &mut self.buffered, self.max_buffered);
+                    while let Some(Outbound::Message(next)) = items.peek() {
+                        if result.is_err() || next.message().channel != channel {
+                            break;
+                        }
+                        result = queue_message(stream, next, &mut self.buffered, self.max_buffered);
+                        items.next();
+                    }
+                }
+                item => {
+                    self.demux
+                        .route(item, |c| core.subscriptions().contains(c), &mut routes);
+                    result = routes.drain(..).try_for_each(|r| self.apply(r));
+                }
+            }
+            if result.is_err() {
+                break;
+            }
         }
-        let result = routes.drain(..).try_for_each(|r| self.apply(r));
+        drop(items);
+        batch.clear();
         routes.clear();
         self.routes = routes;
         result
@@ -381,76 +540,160 @@ impl Writers {
     fn apply(&mut self, route: Route) -> Result<(), Overflow> {
         match route {
             Route::Control(frame) => {
-                let Some(control) = &self.control else {
+                let Some(control) = self.control.as_mut().filter(|c| !c.failed()) else {
+                    // The control stream failed: the connection is going away.
                     return Ok(());
                 };
-                match control.try_send(framing::frame(&JsonCodec.encode(&frame))) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) => Err(Overflow),
-                    // The control writer failed: the connection is going away.
-                    Err(TrySendError::Closed(_)) => Ok(()),
-                }
-            }
-            Route::Open(channel) => {
-                if self.tasks.len() >= self.max_tasks {
+                if control.pending.len() >= self.max_control {
                     return Err(Overflow);
                 }
-                let (tx, rx) = mpsc::channel(self.max_buffered + 2);
+                control
+                    .pending
+                    .push_back(framing::frame(&JsonCodec.encode(&frame)));
+                Ok(())
+            }
+            Route::Open(channel) => {
+                let open = 1 + self.streams.len() + self.ending.len() + self.lingering.len();
+                if open >= self.max_streams {
+                    return Err(Overflow);
+                }
                 let header = ServerFrame::Subscribed {
                     id: None,
                     channel: channel.clone(),
                 };
-                // A fresh channel has room for its header.
-                let _ = tx.try_send(StreamItem::Frame(framing::frame(
-                    &JsonCodec.encode(&header),
-                )));
-                self.tasks.spawn(channel_writer(
+                let stream = OutStream::opening(
                     self.conn.clone(),
-                    rx,
-                    Arc::clone(&self.buffered),
-                ));
-                self.streams.insert(channel, tx);
+                    framing::frame(&JsonCodec.encode(&header)),
+                );
+                // The demultiplexer opens a channel's stream only when it has none.
+                if let Some(old) = self.streams.insert(channel, stream) {
+                    self.ending.push(old);
+                }
                 Ok(())
             }
             Route::Message(env) => {
                 // The demultiplexer routes `Open` before a channel's first message.
-                let Some(tx) = self.streams.get(&env.message().channel) else {
-                    return Ok(());
-                };
-                if self.buffered.fetch_add(1, Ordering::Relaxed) >= self.max_buffered {
-                    return Err(Overflow);
-                }
-                match tx.try_send(StreamItem::Message(framed_message(&env))) {
-                    Ok(()) => Ok(()),
-                    // The client stopped this stream: its messages are dropped until it
-                    // unsubscribes.
-                    Err(TrySendError::Closed(_)) => {
-                        self.buffered.fetch_sub(1, Ordering::Relaxed);
-                        Ok(())
+                match self.streams.get_mut(&env.message().channel) {
+                    Some(stream) => {
+                        queue_message(stream, &env, &mut self.buffered, self.max_buffered)
                     }
-                    Err(TrySendError::Full(_)) => Err(Overflow),
+                    None => Ok(()),
                 }
             }
             Route::End(channel, frame) => {
-                if let Some(tx) = self.streams.remove(&channel) {
-                    // Room is reserved for the end frame; dropping `tx` then lets the writer
-                    // finish the stream after it.
-                    let _ =
-                        tx.try_send(StreamItem::Frame(framing::frame(&JsonCodec.encode(&frame))));
+                if let Some(mut stream) = self.streams.remove(&channel) {
+                    if !stream.failed() {
+                        stream
+                            .pending
+                            .push_back(framing::frame(&JsonCodec.encode(&frame)));
+                    }
+                    self.ending.push(stream);
                 }
                 Ok(())
             }
         }
     }
 
+    /// Writes what quinn takes of every stream's frames and finishes the ending streams that
+    /// are written out. Ready when nothing is left to write; pending (with the task's waker
+    /// registered where a stream waits) otherwise.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let buffered = &mut self.buffered;
+        let mut done = true;
+        if let Some(control) = &mut self.control {
+            done &= control.flush(cx, buffered);
+        }
+        for stream in self.streams.values_mut() {
+            if !stream.pending.is_empty() {
+                done &= stream.flush(cx, buffered);
+            }
+        }
+        let lingering = &mut self.lingering;
+        self.ending.retain_mut(|stream| {
+            if !stream.flush(cx, buffered) {
+                done = false;
+                return true;
+            }
+            if let StreamState::Open(mut send) =
+                std::mem::replace(&mut stream.state, StreamState::Failed)
+            {
+                if send.finish().is_ok() {
+                    lingering.spawn(async move {
+                        let _ = send.stopped().await;
+                    });
+                }
+            }
+            false
+        });
+        if done {
+            self.unflushed = false;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Ends every stream after what is queued on it and waits, at most `grace`, until the client
     /// has acknowledged everything.
     async fn finish(mut self, grace: Duration) {
-        self.streams.clear();
-        self.control = None;
-        let tasks = &mut self.tasks;
-        let _ = timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let streams = std::mem::take(&mut self.streams);
+        self.ending.extend(streams.into_values());
+        self.ending.extend(self.control.take());
+        let _ = timeout(grace, async {
+            poll_fn(|cx| self.poll_flush(cx)).await;
+            while self.lingering.join_next().await.is_some() {}
+        })
+        .await;
     }
+}
+
+/// Most bytes copied into one chunk per write (a stalled stream's backlog goes in several).
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// The first frames of `pending` as one chunk: the first frame itself when alone, else a copy
+/// of the frames that fit in [`COALESCE_BYTES`] (at least one). `pending` must not be empty.
+fn coalesce(pending: &VecDeque<Bytes>) -> Bytes {
+    if pending.len() == 1 {
+        return pending[0].clone();
+    }
+    let mut total = 0;
+    let mut n = 0;
+    for frame in pending {
+        if n > 0 && total + frame.len() > COALESCE_BYTES {
+            break;
+        }
+        total += frame.len();
+        n += 1;
+    }
+    if n == 1 {
+        return pending[0].clone();
+    }
+    let mut out = BytesMut::with_capacity(total);
+    for frame in pending.iter().take(n) {
+        out.extend_from_slice(frame);
+    }
+    out.freeze()
+}
+
+/// Queues one message on its channel's stream, counted in `buffered`; `Overflow` when that
+/// would pass `max_buffered`.
+fn queue_message(
+    stream: &mut OutStream,
+    env: &Envelope,
+    buffered: &mut usize,
+    max_buffered: usize,
+) -> Result<(), Overflow> {
+    if stream.failed() {
+        // The client stopped this stream: its messages are dropped until it unsubscribes.
+        return Ok(());
+    }
+    if *buffered >= max_buffered {
+        return Err(Overflow);
+    }
+    stream.pending.push_back(framed_message(env));
+    stream.messages += 1;
+    *buffered += 1;
+    Ok(())
 }
 
 /// A message's length-prefixed frame, built once per publish for all QUIC subscribers.
@@ -460,69 +703,49 @@ fn framed_message(env: &Envelope) -> Bytes {
     })
 }
 
-/// Writes replies on the control stream until the dispatcher drops its sender, then finishes
-/// the stream and waits for the client to acknowledge it.
-async fn control_writer(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
-    let _ = send.set_priority(CONTROL_PRIORITY);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-    if send.finish().is_ok() {
-        let _ = send.stopped().await;
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Opens one channel's stream and writes its frames until the dispatcher drops its sender,
-/// then finishes the stream and waits for the client to acknowledge it (or stop it).
-async fn channel_writer(
-    conn: Connection,
-    mut rx: mpsc::Receiver<StreamItem>,
-    buffered: Arc<AtomicUsize>,
-) {
-    if let Ok(mut send) = conn.open_uni().await {
-        let _ = send.set_priority(CHANNEL_PRIORITY);
-        if write_items(&mut send, &mut rx, &buffered).await && send.finish().is_ok() {
-            let _ = send.stopped().await;
+    fn stream(frames: &[&'static [u8]], header: bool, messages: usize) -> OutStream {
+        OutStream {
+            state: StreamState::Failed,
+            priority: CHANNEL_PRIORITY,
+            pending: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+            messages,
+            header_pending: header,
         }
     }
-    // Whatever could not be written leaves the connection's count.
-    rx.close();
-    while let Ok(item) = rx.try_recv() {
-        if matches!(item, StreamItem::Message(_)) {
-            buffered.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
 
-/// Writes items as they come; false if the stream failed (stopped by the client, connection
-/// lost).
-async fn write_items(
-    send: &mut SendStream,
-    rx: &mut mpsc::Receiver<StreamItem>,
-    buffered: &AtomicUsize,
-) -> bool {
-    let mut items = Vec::with_capacity(WRITE_BATCH);
-    let mut chunks = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut items, WRITE_BATCH).await > 0 {
-        let mut messages = 0;
-        chunks.extend(items.drain(..).map(|item| match item {
-            StreamItem::Message(b) => {
-                messages += 1;
-                b
-            }
-            StreamItem::Frame(b) => b,
-        }));
-        let written = send.write_all_chunks(&mut chunks).await;
-        chunks.clear();
-        // Counted until quinn holds them: a stalled stream keeps its backlog on the count.
-        buffered.fetch_sub(messages, Ordering::Relaxed);
-        if written.is_err() {
-            return false;
-        }
+    #[test]
+    fn written_bytes_release_whole_frames_and_count_only_messages() {
+        // Header (3 bytes), two messages (4 and 5 bytes), end frame (2 bytes).
+        let mut s = stream(&[b"hhh", b"mmmm", b"nnnnn", b"ee"], true, 2);
+        let mut buffered = 2;
+        assert_eq!(&coalesce(&s.pending)[..], b"hhhmmmmnnnnnee");
+        s.consume(5, &mut buffered); // the header and half of the first message
+        assert!(!s.header_pending);
+        assert_eq!((s.messages, buffered), (2, 2));
+        assert_eq!(&s.pending[0][..], b"mm");
+        s.consume(2, &mut buffered);
+        assert_eq!((s.messages, buffered), (1, 1));
+        s.consume(7, &mut buffered);
+        assert_eq!((s.messages, buffered), (0, 0));
+        assert!(s.pending.is_empty());
     }
-    true
+
+    #[test]
+    fn a_lone_frame_is_written_without_a_copy_and_a_large_backlog_in_parts() {
+        static BIG: [u8; COALESCE_BYTES] = [0; COALESCE_BYTES];
+        let s = stream(&[b"only"], false, 1);
+        assert_eq!(coalesce(&s.pending).as_ptr(), s.pending[0].as_ptr());
+        let s = stream(&[b"ab", &BIG, b"cd"], false, 3);
+        assert_eq!(coalesce(&s.pending).len(), 2, "the first frame alone fits");
+        let s = stream(&[&BIG, b"cd"], false, 2);
+        assert_eq!(
+            coalesce(&s.pending).len(),
+            COALESCE_BYTES,
+            "at least one frame"
+        );
+    }
 }

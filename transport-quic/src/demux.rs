@@ -7,9 +7,11 @@
 //! queueing the reply can come first) to its `unsubscribed` or `invalidated` end frame.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use broker_core::{ChannelName, Envelope, Outbound, ServerFrame};
+use rustc_hash::FxHasher;
 
 /// What to do with one outbound item.
 #[derive(Debug)]
@@ -41,10 +43,19 @@ enum State {
 /// The demultiplexer of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Demux {
-    channels: HashMap<ChannelName, State>,
+    /// Looked up once per message, so with a fast hasher; it holds the connection's
+    /// subscriptions (at most `max_subscriptions`) and a few ending ones, too few for hash
+    /// flooding to matter.
+    channels: HashMap<ChannelName, State, BuildHasherDefault<FxHasher>>,
 }
 
 impl Demux {
+    /// Whether `channel`'s stream is open, so that its messages route straight to it (as
+    /// [`Demux::route`] would route them, without changing any state).
+    pub(crate) fn is_open(&self, channel: &ChannelName) -> bool {
+        self.channels.get(channel) == Some(&State::Open)
+    }
+
     /// Routes one queue item. `subscribed` tells whether the connection holds a subscription to
     /// a channel right now; it is asked once per `subscribed` reply that finds no open stream.
     pub(crate) fn route(

@@ -106,7 +106,7 @@ impl QuicBackend {
             return Ok(ep.clone());
         }
         let bind = SocketAddr::new(source.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), 0);
-        let ep = Endpoint::client(bind)?;
+        let ep = transport_quic::client_endpoint(bind)?;
         eps.insert(source, ep.clone());
         Ok(ep)
     }
@@ -270,15 +270,32 @@ impl Control {
 /// Length-prefixed frames from one stream, read into one reusable buffer.
 struct LenReader {
     stream: RecvStream,
+    frames: FrameBuf,
+}
+
+/// Received bytes not yet handed out as frames: `buf[start..end]`.
+struct FrameBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
-impl LenReader {
-    fn new(stream: RecvStream) -> Self {
+impl std::ops::Deref for LenReader {
+    type Target = FrameBuf;
+    fn deref(&self) -> &FrameBuf {
+        &self.frames
+    }
+}
+
+impl std::ops::DerefMut for LenReader {
+    fn deref_mut(&mut self) -> &mut FrameBuf {
+        &mut self.frames
+    }
+}
+
+impl FrameBuf {
+    fn new() -> Self {
         Self {
-            stream,
             buf: vec![0; READ_BUFFER],
             start: 0,
             end: 0,
@@ -307,26 +324,111 @@ impl LenReader {
         Ok(Some(begin..begin + len))
     }
 
-    /// Reads once; 0 at the end of the stream.
-    async fn fill(&mut self) -> Result<usize, LoadError> {
+    /// Hands every complete frame of what is buffered followed by `data` to `on_frame`, and
+    /// keeps the incomplete rest for the next call.
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        now: u64,
+        on_frame: &mut impl FnMut(&[u8], u64) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        if self.start < self.end {
+            // Complete the frame cut by the last chunk; what follows it is parsed in place.
+            let avail = self.end - self.start;
+            let need = if avail < 4 {
+                let take = (4 - avail).min(data.len());
+                self.append(&data[..take]);
+                data = &data[take..];
+                if self.end - self.start < 4 {
+                    return Ok(());
+                }
+                let b = &self.buf[self.start..self.start + 4];
+                4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+            } else {
+                let b = &self.buf[self.start..self.start + 4];
+                4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+            };
+            if need - 4 > MAX_FRAME {
+                return Err(LoadError::Protocol(format!("frame of {} bytes", need - 4)));
+            }
+            let take = (need - (self.end - self.start)).min(data.len());
+            self.append(&data[..take]);
+            data = &data[take..];
+            if self.end - self.start < need {
+                return Ok(());
+            }
+            on_frame(&self.buf[self.start + 4..self.start + need], now)?;
+            self.start = 0;
+            self.end = 0;
+        }
+        while data.len() >= 4 {
+            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(LoadError::Protocol(format!("frame of {len} bytes")));
+            }
+            if data.len() < 4 + len {
+                break;
+            }
+            on_frame(&data[4..4 + len], now)?;
+            data = &data[4 + len..];
+        }
+        self.append(data);
+        Ok(())
+    }
+
+    /// Appends `data` to the buffered bytes.
+    fn append(&mut self, data: &[u8]) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.start > 0 {
+        }
+        if self.end + data.len() > self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+            if self.end + data.len() > self.buf.len() {
+                self.buf.resize(self.end + data.len(), 0);
+            }
         }
-        if self.end == self.buf.len() {
-            let grown = self.buf.len() * 2;
-            self.buf.resize(grown, 0);
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+}
+
+impl LenReader {
+    fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            frames: FrameBuf::new(),
         }
-        let n = match self.stream.read(&mut self.buf[self.end..]).await {
+    }
+
+    /// Reads once; 0 at the end of the stream.
+    async fn fill(&mut self) -> Result<usize, LoadError> {
+        if self.frames.start == self.frames.end {
+            self.frames.start = 0;
+            self.frames.end = 0;
+        } else if self.frames.start > 0 {
+            self.frames
+                .buf
+                .copy_within(self.frames.start..self.frames.end, 0);
+            self.frames.end -= self.frames.start;
+            self.frames.start = 0;
+        }
+        if self.frames.end == self.frames.buf.len() {
+            let grown = self.frames.buf.len() * 2;
+            self.frames.buf.resize(grown, 0);
+        }
+        let n = match self
+            .stream
+            .read(&mut self.frames.buf[self.frames.end..])
+            .await
+        {
             Ok(Some(n)) => n,
             Ok(None) => 0,
             Err(e) => return Err(LoadError::Closed(e.to_string())),
         };
-        self.end += n;
+        self.frames.end += n;
         Ok(n)
     }
 
@@ -369,32 +471,54 @@ impl Subscriber for QuicSubscriber {
         };
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        // Frames already buffered (read with the header), then the stream's chunks as quinn
+        // holds them: frames that lie whole in a chunk are parsed in place, only a frame cut
+        // by a chunk's end is copied (into `stream.buf`) to be completed by the next chunk.
+        let now = now_ns();
+        while let Some(r) = stream.next_frame()? {
+            deliver(sink, payload_size, &stream.buf[r], now)?;
+        }
         loop {
-            let now = now_ns();
-            while let Some(r) = stream.next_frame()? {
-                let bytes = &stream.buf[r];
-                match message_payload(bytes, payload_size) {
-                    Some(p) => sink.message(p, now),
-                    None => {
-                        let reply: Reply = serde_json::from_slice(bytes)
-                            .map_err(|e| LoadError::Protocol(format!("bad frame: {e}")))?;
-                        return Err(LoadError::Closed(format!("stream ended with {}", reply.ty)));
-                    }
-                }
-            }
-            sink.batch_end();
             tokio::select! {
                 biased;
                 _ = &mut stopped => {
                     control.conn.close(VarInt::from_u32(0), b"done");
                     return Ok(());
                 }
-                n = stream.fill() => {
-                    if n? == 0 {
-                        return Err(LoadError::Closed("subscription stream ended".into()));
-                    }
+                chunk = stream.stream.read_chunk(usize::MAX, true) => {
+                    let chunk = match chunk {
+                        Ok(Some(c)) => c.bytes,
+                        Ok(None) => {
+                            return Err(LoadError::Closed("subscription stream ended".into()));
+                        }
+                        Err(e) => return Err(LoadError::Closed(e.to_string())),
+                    };
+                    stream.frames.feed(&chunk, now_ns(), &mut |frame, now| {
+                        deliver(sink, payload_size, frame, now)
+                    })?;
                 }
             }
+            sink.batch_end();
+        }
+    }
+}
+
+/// One frame of a subscription stream: a message for `sink`, or the end of the stream.
+fn deliver(
+    sink: &mut dyn Sink,
+    payload_size: usize,
+    frame: &[u8],
+    now: u64,
+) -> Result<(), LoadError> {
+    match message_payload(frame, payload_size) {
+        Some(p) => {
+            sink.message(p, now);
+            Ok(())
+        }
+        None => {
+            let reply: Reply = serde_json::from_slice(frame)
+                .map_err(|e| LoadError::Protocol(format!("bad frame: {e}")))?;
+            Err(LoadError::Closed(format!("stream ended with {}", reply.ty)))
         }
     }
 }
@@ -474,5 +598,44 @@ async fn read_replies(mut recv: LenReader, shared: Arc<PubShared>) -> Result<(),
         if recv.fill().await? == 0 {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of 0..40 bytes, fed in chunks cut at every size from 1 to the whole: every frame
+    /// comes out once, whole and in order.
+    #[test]
+    fn frames_cut_anywhere_by_chunk_boundaries_come_out_whole() {
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for n in 0..40u8 {
+            let body: Vec<u8> = (0..n).map(|i| i.wrapping_mul(7) ^ n).collect();
+            push_frame(&mut wire, &[&body]);
+            expected.push(body);
+        }
+        for cut in 1..=wire.len() {
+            let mut frames = FrameBuf::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(cut) {
+                frames
+                    .feed(chunk, 0, &mut |f, _| {
+                        got.push(f.to_vec());
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            assert_eq!(got, expected, "chunks of {cut} bytes");
+            assert_eq!(frames.start, frames.end, "nothing left over");
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused() {
+        let mut frames = FrameBuf::new();
+        let wire = u32::try_from(MAX_FRAME + 1).unwrap().to_be_bytes();
+        assert!(frames.feed(&wire, 0, &mut |_, _| Ok(())).is_err());
     }
 }
