@@ -31,6 +31,7 @@ OUT=docs/BENCHMARKS.md
 RESULTS=
 WITH_NATS=1
 ONLY=
+OUT_GIVEN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) MODE=smoke ;;
@@ -45,7 +46,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$MODE" = smoke ] && ROUNDS=1
-OUT_GIVEN=0
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pubsub-bench.XXXXXX")
