@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks of pubsub-broker and NATS (issue 6), all from one run.
 #
-#   bench/compare.sh            full run (about 25 minutes); writes docs/BENCHMARKS.md
+#   bench/compare.sh            full run (about 20 minutes); writes docs/BENCHMARKS.md
 #   bench/compare.sh --smoke    seconds-long runs of every scenario with tiny sizes (debug
 #                               build); fails on any loss or error; writes nothing under docs/
 #

@@ -21,7 +21,8 @@ use transport_ws::WsServer;
 /// mimalloc (its v2 series) instead of the system allocator: the replication path allocates a
 /// reply tree per Redis read (redis-rs), where glibc's malloc spent a quarter of the broker's
 /// time; v2 also keeps an idle connection smaller than glibc does (v3 made it larger). Measured
-/// with `bench/compare.sh` (docs/BENCHMARKS.md).
+/// with `bench/compare.sh` (docs/BENCHMARKS.md). The `mimalloc` feature (on by default) selects it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
