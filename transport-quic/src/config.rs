@@ -35,6 +35,12 @@ pub struct QuicConfig {
     /// closes the connection anyway. Also how long [`QuicServer::serve`](crate::QuicServer::serve)
     /// waits for connections to close at shutdown. Default: 5 s.
     pub shutdown_grace: Duration,
+    /// Receive buffer asked for the server's UDP socket, in bytes (0 keeps the system's
+    /// default). Every client's packets, acknowledgements included, arrive on this one socket,
+    /// so a burst from many clients overflows the default (about 208 KiB on Linux) and its
+    /// datagrams are dropped, to be retransmitted. Linux caps it at `net.core.rmem_max`.
+    /// Default: 4 MiB.
+    pub socket_recv_buffer: usize,
 }
 
 impl Default for QuicConfig {
@@ -47,6 +53,7 @@ impl Default for QuicConfig {
             keep_alive_interval: Duration::from_secs(20),
             send_window: 10_000_000,
             shutdown_grace: Duration::from_secs(5),
+            socket_recv_buffer: 4 << 20,
         }
     }
 }

@@ -217,6 +217,11 @@ impl QuicServer {
         socket: std::net::UdpSocket,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        if self.config.socket_recv_buffer > 0 {
+            // Best effort: the kernel caps it (net.core.rmem_max) and a smaller buffer still works.
+            let _ = socket2::SockRef::from(&socket)
+                .set_recv_buffer_size(self.config.socket_recv_buffer);
+        }
         let endpoint = quinn::Endpoint::new(
             endpoint_config(),
             Some(self.server_config),
