@@ -51,6 +51,8 @@ stop() { # stop PID: SIGTERM and wait (valgrind writes its output on exit)
   for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
 }
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 deliveries() { python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["traffic"]; print(t["received"], t["published"])' "$1"; }
 
 callgrind_case() { # callgrind_case TITLE loadgen-fanout-args…
@@ -149,8 +151,7 @@ if [ -n "$NATS" ] && [ -x "$NATS" ] && perf stat -e syscalls:sys_enter_writev tr
   broker_under taskset -c 0
   writes_case "pubsub-broker (ws)" "$PID" --backend ws --url "$URL" --api-key "$KEY"
   stop "$PID"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  wsport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port); wsport=$(free_port)
   printf 'listen: 127.0.0.1:%s\nauthorization { token: "t" }\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n  compression: false\n}\n' \
     "$port" "$wsport" > "$WORK/nats.conf"
   GOMAXPROCS=1 taskset -c 0 "$NATS" -c "$WORK/nats.conf" > "$WORK/nats.log" 2>&1 &

@@ -530,8 +530,8 @@ impl Writers {
                 break;
             }
         }
+        // Dropping the drain empties `batch`, also after an overflow.
         drop(items);
-        batch.clear();
         routes.clear();
         self.routes = routes;
         result

@@ -399,7 +399,11 @@ pub async fn run(
             .map(|g| g.received.load(Ordering::Relaxed))
             .collect()
     };
+    // None without processes to measure, or if one of them cannot be read.
     let cpu = |pids: &[u32]| -> Option<f64> {
+        if pids.is_empty() {
+            return None;
+        }
         pids.iter()
             .map(|p| cpu_seconds(*p).ok())
             .sum::<Option<f64>>()
@@ -415,14 +419,8 @@ pub async fn run(
     let (broker1, gen1) = (cpu(&plan.broker_pids), cpu_seconds(me).ok());
     let store1 = cpu(&plan.store_pids);
     let window_s = (w1 - w0).as_secs_f64();
-    let broker_cpu_s = match (broker0, broker1) {
-        (Some(a), Some(b)) if !plan.broker_pids.is_empty() => Some(b - a),
-        _ => None,
-    };
-    let store_cpu_s = match (store0, store1) {
-        (Some(a), Some(b)) if !plan.store_pids.is_empty() => Some(b - a),
-        _ => None,
-    };
+    let broker_cpu_s = broker0.zip(broker1).map(|(a, b)| b - a);
+    let store_cpu_s = store0.zip(store1).map(|(a, b)| b - a);
 
     let mut errors = 0u64;
     let mut max_lag = Duration::ZERO;

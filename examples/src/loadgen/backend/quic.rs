@@ -308,11 +308,7 @@ impl FrameBuf {
         if avail < 4 {
             return Ok(None);
         }
-        let b = &self.buf[self.start..self.start + 4];
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(LoadError::Protocol(format!("frame of {len} bytes")));
-        }
+        let len = frame_len(&self.buf[self.start..])?;
         if avail < 4 + len {
             if self.buf.len() < 4 + len {
                 self.buf.resize(4 + len, 0);
@@ -335,22 +331,15 @@ impl FrameBuf {
         if self.start < self.end {
             // Complete the frame cut by the last chunk; what follows it is parsed in place.
             let avail = self.end - self.start;
-            let need = if avail < 4 {
+            if avail < 4 {
                 let take = (4 - avail).min(data.len());
                 self.append(&data[..take]);
                 data = &data[take..];
                 if self.end - self.start < 4 {
                     return Ok(());
                 }
-                let b = &self.buf[self.start..self.start + 4];
-                4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-            } else {
-                let b = &self.buf[self.start..self.start + 4];
-                4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-            };
-            if need - 4 > MAX_FRAME {
-                return Err(LoadError::Protocol(format!("frame of {} bytes", need - 4)));
             }
+            let need = 4 + frame_len(&self.buf[self.start..])?;
             let take = (need - (self.end - self.start)).min(data.len());
             self.append(&data[..take]);
             data = &data[take..];
@@ -362,10 +351,7 @@ impl FrameBuf {
             self.end = 0;
         }
         while data.len() >= 4 {
-            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-            if len > MAX_FRAME {
-                return Err(LoadError::Protocol(format!("frame of {len} bytes")));
-            }
+            let len = frame_len(data)?;
             if data.len() < 4 + len {
                 break;
             }
@@ -378,21 +364,42 @@ impl FrameBuf {
 
     /// Appends `data` to the buffered bytes.
     fn append(&mut self, data: &[u8]) {
+        self.reserve(data.len());
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
+    /// Makes room for at least `n` (≥ 1) more bytes after `end`: moves the buffered bytes to
+    /// the front when that is not enough, and grows the buffer when even that is not.
+    fn reserve(&mut self, n: usize) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        if self.end + data.len() > self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end + data.len() > self.buf.len() {
-                self.buf.resize(self.end + data.len(), 0);
+        if self.end + n > self.buf.len() {
+            self.compact();
+            if self.end + n > self.buf.len() {
+                self.buf.resize((self.end + n).max(2 * self.buf.len()), 0);
             }
         }
-        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
-        self.end += data.len();
     }
+
+    /// Moves the buffered bytes to the front of `buf`.
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+}
+
+/// The length a frame's 4-byte prefix at the start of `b` announces (`b` holds at least 4
+/// bytes); an error past [`MAX_FRAME`].
+fn frame_len(b: &[u8]) -> Result<usize, LoadError> {
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(LoadError::Protocol(format!("frame of {len} bytes")));
+    }
+    Ok(len)
 }
 
 impl LenReader {
@@ -405,20 +412,9 @@ impl LenReader {
 
     /// Reads once; 0 at the end of the stream.
     async fn fill(&mut self) -> Result<usize, LoadError> {
-        if self.frames.start == self.frames.end {
-            self.frames.start = 0;
-            self.frames.end = 0;
-        } else if self.frames.start > 0 {
-            self.frames
-                .buf
-                .copy_within(self.frames.start..self.frames.end, 0);
-            self.frames.end -= self.frames.start;
-            self.frames.start = 0;
-        }
-        if self.frames.end == self.frames.buf.len() {
-            let grown = self.frames.buf.len() * 2;
-            self.frames.buf.resize(grown, 0);
-        }
+        // Compacted before every read, so that each read may fill the whole rest of the buffer.
+        self.frames.compact();
+        self.frames.reserve(1);
         let n = match self
             .stream
             .read(&mut self.frames.buf[self.frames.end..])
